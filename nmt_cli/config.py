@@ -1,0 +1,173 @@
+"""Frozen configuration dataclasses, checked on construction, with exact JSON round trips."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+
+from nmt_cli.errors import ConfigError
+
+ATTENTION_TYPES = ("bahdanau", "dot", "general", "scaled-dot")
+CELL_TYPES = ("lstm", "gru")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "inverse-sqrt", "cosine", "linear", "plateau")
+SUBWORD_TYPES = ("unigram", "bpe", "char", "word")
+
+C = TypeVar("C")
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if not value >= low:  # also rejects NaN
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
+@dataclass(frozen=True)
+class SubwordConfig:
+    vocab_size: int = 8000
+    model_type: str = "unigram"
+    character_coverage: float = 1.0
+
+    def __post_init__(self) -> None:
+        _at_least("vocab_size", self.vocab_size, 8)
+        _choice("subword model type", self.model_type, SUBWORD_TYPES)
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ConfigError(f"character_coverage must be in (0, 1], got {self.character_coverage}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 8000
+    emb_size: int = 256
+    encoder_hidden: int = 256  # per direction
+    encoder_layers: int = 1
+    bidirectional: bool = True
+    encoder_cell: str = "lstm"
+    decoder_hidden: int = 512
+    decoder_layers: int = 1
+    attention: str = "general"
+    input_feeding: bool = True
+    bridge: bool = True  # initial decoder state from the final encoder state
+    dropout: float = 0.3
+    tie_embeddings: bool = False  # decoder input embedding = output projection
+    share_embeddings: bool = False  # source embedding = target embedding (joint vocabulary)
+
+    def __post_init__(self) -> None:
+        _at_least("vocab_size", self.vocab_size, 5)
+        for name in ("emb_size", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers"):
+            _at_least(name, getattr(self, name), 1)
+        _choice("attention type", self.attention, ATTENTION_TYPES)
+        _choice("encoder cell", self.encoder_cell, CELL_TYPES)
+        _fraction("dropout", self.dropout)
+        if self.tie_embeddings and self.emb_size != self.decoder_hidden:
+            raise ConfigError(
+                f"tie_embeddings needs emb_size == decoder_hidden, got {self.emb_size} and {self.decoder_hidden}"
+            )
+        if self.attention in ("dot", "scaled-dot") and self.memory_size != self.decoder_hidden:
+            raise ConfigError(
+                f"{self.attention} attention needs encoder output size ({self.memory_size}) == "
+                f"decoder_hidden ({self.decoder_hidden}); use 'general' or 'bahdanau'"
+            )
+
+    @property
+    def memory_size(self) -> int:
+        return self.encoder_hidden * (2 if self.bidirectional else 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # floor of cosine/linear decay and plateau reduction
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    clip_norm: float = 5.0
+    label_smoothing: float = 0.0
+    batch_tokens: int = 3000  # real target tokens per batch, approximately
+    max_len: int = 100  # training pairs longer than this (subwords, either side) are skipped
+    max_steps: int = 0  # 0: no step limit
+    epochs: float = 0.0  # 0: no epoch limit
+    time_budget: float = 0.0  # seconds of wall clock from start, 0: none
+    valid_every: int = 500
+    valid_max_sentences: int = 0  # 0: whole dev set
+    log_every: int = 50
+    patience: int = 0  # validations without a better dev BLEU before stopping, 0: never
+    save_every_minutes: float = 0.0  # extra snapshots ckpt-<minute>.nmt, 0: none
+    keep_last: int = 0  # also save step-<N>.nmt at each validation, keep the last k, 0: none
+    seed: int = 1234
+    threads: int = 0  # 0: leave torch's default
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        _fraction("label_smoothing", self.label_smoothing)
+        for name in ("warmup_steps", "max_steps", "epochs", "time_budget", "weight_decay", "clip_norm",
+                     "patience", "keep_last", "save_every_minutes", "valid_max_sentences", "threads"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("batch_tokens", "max_len", "valid_every", "log_every"):
+            _at_least(name, getattr(self, name), 1)
+        if not 0.0 < self.plateau_factor < 1.0:
+            raise ConfigError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 5
+    length_penalty: float = 1.0  # alpha in score / len**alpha
+    length_penalty_type: str = "average"  # average: len**alpha, gnmt: ((5 + len) / 6)**alpha
+    max_len_a: float = 1.5  # cap = a * src_len + b, per sentence
+    max_len_b: int = 10
+    n_best: int = 1
+    ban_unk: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least("beam_size", self.beam_size, 1)
+        _at_least("n_best", self.n_best, 1)
+        if self.n_best > self.beam_size:
+            raise ConfigError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
+        _at_least("length_penalty", self.length_penalty, 0.0)
+        _choice("length penalty type", self.length_penalty_type, ("average", "gnmt"))
+        _at_least("max_len_a", self.max_len_a, 0.0)
+        _at_least("max_len_b", self.max_len_b, 1)
+
+
+def from_dict(cls: type[C], raw: dict[str, Any]) -> C:
+    """Build cls from a dict, refusing unknown keys by listing the valid ones."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if unknown := sorted(raw.keys() - set(names)):
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid: {', '.join(names)}")
+    cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return cls(**cleaned)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(asdict(config), sort_keys=True)
+
+
+def from_json(cls: type[C], text: str) -> C:
+    return from_dict(cls, json.loads(text))
+
+
+def with_overrides(config: C, overrides: dict[str, Any]) -> C:
+    """A copy of config with the given fields replaced; None values are ignored."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    names = {f.name for f in fields(config)}  # type: ignore[arg-type]
+    if unknown := sorted(given.keys() - names):
+        raise ConfigError(f"unknown {type(config).__name__} keys {unknown}; valid: {', '.join(sorted(names))}")
+    return replace(config, **given)  # type: ignore[type-var]

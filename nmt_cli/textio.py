@@ -1,0 +1,107 @@
+"""Exact line I/O: only '\\n' ends a line, bad UTF-8 names its line, writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nmt_cli.errors import InputError
+
+STDIN = "-"
+
+
+def iter_lines(stream: BinaryIO, path: str) -> Iterator[str]:
+    """Each line exactly as written, empty lines included; '\\r', U+2028, U+0085 never split one."""
+    for n, raw in enumerate(stream, start=1):  # binary iteration splits on b"\n" only
+        try:
+            yield raw.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"invalid UTF-8 at byte {e.start}", path, n) from None
+
+
+@contextmanager
+def open_binary(path: str | Path) -> Iterator[BinaryIO]:
+    """Open a file (or stdin for '-') for binary reading, with a one-line error when it can't be."""
+    if str(path) == STDIN:
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise InputError("no such file", str(path)) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a text file", str(path)) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", str(path)) from None
+    with f:
+        yield f
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a file (or stdin for '-')."""
+    with open_binary(path) as f:
+        return list(iter_lines(f, str(path)))
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
+    """Both sides of a parallel corpus; different line counts are an error naming both files."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        shorter = src_path if len(src) < len(tgt) else tgt_path
+        raise InputError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: a parallel corpus needs equal counts",
+            str(shorter),
+            min(len(src), len(tgt)) + 1,
+        )
+    return src, tgt
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside path, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a directory, expected a file to write", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create directory: {e.strerror}", str(path.parent)) from None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except PermissionError:
+        raise InputError("permission denied", str(path)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON object as a line (logs: an interrupted append loses at most that line)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    records = []
+    for n, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"not JSON: {e.msg}", str(path), n) from None
+    return records
