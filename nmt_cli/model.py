@@ -1,0 +1,190 @@
+"""LSTM encoder-decoder with global attention (Luong et al. 2015; Bahdanau et al. 2015).
+
+Search and training talk to the model through three calls: `encode`, `decode_step` and
+`DecoderState.select`. Training's `teacher_force` runs the same step (`_step`) over the target, or, with
+input feeding off, the whole decoder LSTM and attention in one call each (equal to the step loop; tested).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt_cli.attention import build_attention, masked_softmax
+from nmt_cli.config import ModelConfig
+
+PAD = 0  # the subword module fixes PAD=0, UNK=1, BOS=2, EOS=3; the model only needs PAD
+
+
+class DecoderState(NamedTuple):
+    h: Tensor  # (L, B, H)
+    c: Tensor  # (L, B, H)
+    feed: Tensor  # (B, H) previous attentional vector (input feeding), zeros at the start
+
+    def select(self, index: Tensor) -> DecoderState:
+        """Rows of the state in a new order: index (B',) into the current rows."""
+        return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index), self.feed[index])
+
+
+class EncoderOutput(NamedTuple):
+    memory: Tensor  # (B, S, M) encoder outputs, the attention values
+    keys: Tensor  # (B, S, H) memory projected once for scoring
+    mask: Tensor  # (B, S) True on real source tokens
+    state: DecoderState  # initial decoder state
+
+    def select(self, index: Tensor) -> EncoderOutput:
+        """Rows in a new order (or a subset): index (B',) into the current rows."""
+        s = self.state
+        return EncoderOutput(self.memory[index], self.keys[index], self.mask[index], s.select(index))
+
+    def repeat_interleave(self, k: int) -> EncoderOutput:
+        """Each row k times in a row (rows b*k .. b*k+k-1 belong to sentence b), for beam search."""
+        def rep(x: Tensor, dim: int = 0) -> Tensor:
+            return x.repeat_interleave(k, dim=dim)
+
+        s = self.state
+        return EncoderOutput(rep(self.memory), rep(self.keys), rep(self.mask),
+                             DecoderState(rep(s.h, 1), rep(s.c, 1), rep(s.feed)))
+
+
+class StepOutput(NamedTuple):
+    log_probs: Tensor  # (B, V)
+    state: DecoderState
+    attention: Tensor  # (B, S)
+
+
+class TeacherForced(NamedTuple):
+    hidden: Tensor  # (B, T, H) attentional vectors, before the output layer
+    attention: Tensor  # (B, T, S)
+
+
+class Encoder(nn.Module):
+    """Embeddings and a (bi)directional, multi-layer LSTM or GRU over the source."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.embedding = embedding
+        rnn = nn.LSTM if cfg.encoder_cell == "lstm" else nn.GRU
+        self.rnn = rnn(cfg.emb_size, cfg.encoder_hidden, num_layers=cfg.encoder_layers, batch_first=True,
+                       bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S), src_lengths (B,) -> memory (B, S, M), final top-layer state (B, M)."""
+        emb = self.dropout(self.embedding(src))
+        packed = pack_padded_sequence(emb, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, final = self.rnn(packed)
+        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        h_n = final[0] if isinstance(final, tuple) else final  # (layers * dirs, B, H)
+        dirs = 2 if self.rnn.bidirectional else 1
+        top = h_n[-dirs:].transpose(0, 1).reshape(src.size(0), -1)  # forward and backward joined
+        return self.dropout(memory), top
+
+
+class Seq2Seq(nn.Module):
+    """Encoder, bridge, input-feeding LSTM decoder with global attention, output layer."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        tgt_embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size, padding_idx=PAD)
+        src_embedding = tgt_embedding if cfg.share_embeddings else nn.Embedding(
+            cfg.vocab_size, cfg.emb_size, padding_idx=PAD)
+        self.encoder = Encoder(cfg, src_embedding)
+        self.tgt_embedding = tgt_embedding
+        H, L = cfg.decoder_hidden, cfg.decoder_layers
+        self.bridge = nn.Linear(cfg.memory_size, 2 * L * H) if cfg.bridge else None
+        feed = H if cfg.input_feeding else 0
+        self.decoder_rnn = nn.LSTM(cfg.emb_size + feed, H, num_layers=L, batch_first=True,
+                                   dropout=cfg.dropout if L > 1 else 0.0)
+        self.attention = build_attention(cfg.attention, H, cfg.memory_size)
+        self.combine = nn.Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.generator = nn.Linear(H, cfg.vocab_size)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.generator.weight = self.tgt_embedding.weight
+
+    def reset_parameters(self, scale: float = 0.1) -> None:
+        """Uniform(-0.1, 0.1) everywhere (as OpenNMT-py's param_init), PAD embeddings zero."""
+        for p in self.parameters():
+            nn.init.uniform_(p, -scale, scale)
+        with torch.no_grad():
+            self.tgt_embedding.weight[PAD].zero_()
+            self.encoder.embedding.weight[PAD].zero_()
+
+    # --- the three-call contract -------------------------------------------------------------------
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        """src (B, S) padded with PAD, src_lengths (B,) -> EncoderOutput."""
+        memory, top = self.encoder(src, src_lengths)
+        mask = src != PAD
+        return EncoderOutput(memory, self.attention.project_keys(memory), mask, self._initial_state(top))
+
+    def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
+        """prev_tokens (B,) -> log-probabilities of the next token (B, V), new state, attention (B, S)."""
+        hidden, state, attn = self._step(self.tgt_embedding(prev_tokens), state, enc)
+        return StepOutput(F.log_softmax(self.generator(hidden), dim=-1), state, attn)
+
+    # --- training -----------------------------------------------------------------------------------
+
+    def teacher_force(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> TeacherForced:
+        """src (B, S), tgt_in (B, T) starting with BOS -> attentional vectors (B, T, H), attention."""
+        enc = self.encode(src, src_lengths)
+        emb = self.dropout(self.tgt_embedding(tgt_in))
+        if not self.cfg.input_feeding:
+            return self._all_steps(emb, enc)
+        state, hiddens, attns = enc.state, [], []
+        for t in range(tgt_in.size(1)):
+            hidden, state, attn = self._step(emb[:, t], state, enc, embedded=True)
+            hiddens.append(hidden)
+            attns.append(attn)
+        return TeacherForced(torch.stack(hiddens, 1), torch.stack(attns, 1))
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """hidden (..., H) -> log-probabilities (..., V)."""
+        return F.log_softmax(self.generator(hidden), dim=-1)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _initial_state(self, top: Tensor) -> DecoderState:
+        B, H, L = top.size(0), self.cfg.decoder_hidden, self.cfg.decoder_layers
+        feed = top.new_zeros(B, H if self.cfg.input_feeding else 0)
+        if self.bridge is None:
+            zeros = top.new_zeros(L, B, H)
+            return DecoderState(zeros, zeros, feed)
+        h, c = torch.tanh(self.bridge(top)).view(B, 2, L, H).permute(1, 2, 0, 3).unbind(0)
+        return DecoderState(h.contiguous(), c.contiguous(), feed)
+
+    def _step(self, emb: Tensor, state: DecoderState, enc: EncoderOutput,
+              embedded: bool = False) -> tuple[Tensor, DecoderState, Tensor]:
+        """One decoder step: emb (B, E) -> attentional vector (B, H), new state, attention (B, S)."""
+        if not embedded:
+            emb = self.dropout(emb)
+        x = torch.cat([emb, state.feed], dim=1) if self.cfg.input_feeding else emb
+        out, (h, c) = self.decoder_rnn(x.unsqueeze(1), (state.h, state.c))
+        query = out.squeeze(1)
+        attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
+        context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
+        hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, query], dim=1))))
+        return hidden, DecoderState(h, c, hidden if self.cfg.input_feeding else state.feed), attn
+
+    def _all_steps(self, emb: Tensor, enc: EncoderOutput) -> TeacherForced:
+        """Without input feeding no step depends on the last output: one LSTM call, one attention call."""
+        queries, _ = self.decoder_rnn(emb, (enc.state.h, enc.state.c))  # (B, T, H)
+        attn = masked_softmax(self.attention.score(queries, enc.keys), enc.mask)  # (B, T, S)
+        context = torch.bmm(attn, enc.memory)
+        hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, queries], dim=2))))
+        return TeacherForced(hidden, attn)
+
+
+def build_model(cfg: ModelConfig) -> Seq2Seq:
+    return Seq2Seq(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
