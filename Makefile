@@ -20,9 +20,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The whole chain on the embedded corpus: prepare -> train -> translate -> evaluate -> attention.
+DEMO := runs/demo
 demo: $(STAMP)
-	$(BIN)/python data/generate.py --check
-	bash bench/demo.sh
+	@mkdir -p $(DEMO)
+	$(BIN)/nmt prepare --src data/train.en --tgt data/train.de --vocab-size 1000 -o $(DEMO)
+	$(BIN)/nmt train --preset toy --src data/train.en --tgt data/train.de \
+		--dev-src data/dev.en --dev-tgt data/dev.de --spm $(DEMO)/spm.model \
+		--time-budget 150 --overwrite -o $(DEMO)
+	$(BIN)/nmt translate -m $(DEMO)/model.nmt data/test.en -o $(DEMO)/test.hyp.de
+	$(BIN)/nmt evaluate -r data/test.de $(DEMO)/test.hyp.de | tee $(DEMO)/test.scores
+	$(BIN)/nmt attention -m $(DEMO)/model.nmt "the woman knows that the small dog sees the old man ." \
+		-o $(DEMO)/attention.png
+	$(BIN)/nmt attention -m $(DEMO)/model.nmt "the woman knows that the small dog sees the old man ."
+	@echo "model: $(DEMO)/model.nmt  translations: $(DEMO)/test.hyp.de  scores: $(DEMO)/test.scores  heatmap: $(DEMO)/attention.png"
 
 test: $(STAMP)
 	$(BIN)/lint-imports

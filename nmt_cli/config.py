@@ -171,3 +171,51 @@ def with_overrides(config: C, overrides: dict[str, Any]) -> C:
     if unknown := sorted(given.keys() - names):
         raise ConfigError(f"unknown {type(config).__name__} keys {unknown}; valid: {', '.join(sorted(names))}")
     return replace(config, **given)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the parallel training and dev corpora are."""
+
+    train_src: str
+    train_tgt: str
+    dev_src: str = ""
+    dev_tgt: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.dev_src) != bool(self.dev_tgt):
+            raise ConfigError("give both --dev-src and --dev-tgt, or neither")
+
+
+# Named recipes: field overrides for (ModelConfig, TrainConfig). base-rnn is the side-by-side protocol
+# model of BENCHMARKS-PEERS.md; toy trains the embedded corpus in data/ in about two minutes on 2 cores.
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "base-rnn": (
+        dict(emb_size=256, encoder_hidden=256, decoder_hidden=512, attention="general", input_feeding=True,
+             bridge=False, dropout=0.3),
+        dict(optimizer="adam", lr=1e-3, clip_norm=5.0, batch_tokens=2700, schedule="constant"),
+    ),
+    "cpu-15min": (
+        dict(emb_size=256, encoder_hidden=256, decoder_hidden=512, attention="general", input_feeding=False,
+             bridge=True, dropout=0.2),
+        dict(optimizer="adam", lr=2e-3, schedule="inverse-sqrt", warmup_steps=150, label_smoothing=0.1,
+             clip_norm=5.0, batch_tokens=3000, time_budget=900.0, valid_every=200),
+    ),
+    "toy": (
+        dict(emb_size=128, encoder_hidden=128, decoder_hidden=256, attention="general", input_feeding=False,
+             bridge=True, dropout=0.1),
+        dict(optimizer="adam", lr=3e-3, schedule="inverse-sqrt", warmup_steps=100, label_smoothing=0.1,
+             batch_tokens=2000, valid_every=200, valid_max_sentences=200),
+    ),
+    "tiny": (
+        dict(emb_size=32, encoder_hidden=32, decoder_hidden=64, dropout=0.0),
+        dict(lr=3e-3, batch_tokens=500, valid_every=50, log_every=10),
+    ),
+}
+
+
+def preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    model, train = PRESETS[name]
+    return dict(model), dict(train)

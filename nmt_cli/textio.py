@@ -105,3 +105,44 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise InputError(f"not JSON: {e.msg}", str(path), n) from None
     return records
+
+
+def stream_chunks(stream: BinaryIO, path: str, max_lines: int) -> Iterator[list[str]]:
+    """Lines in chunks of what has arrived (at most max_lines): waits only for the first line of a chunk.
+
+    A reader thread feeds a bounded queue, so a file is read ahead in full chunks for fast batching
+    while an interactive stream (`tail -f`, a coprocess) gets each line translated as soon as it comes.
+    """
+    import queue
+    import threading
+
+    done = object()
+    lines: queue.Queue = queue.Queue(maxsize=4 * max_lines)  # bounded: memory stays flat on endless input
+
+    def read() -> None:
+        try:
+            for line in iter_lines(stream, path):
+                lines.put(line)
+        except InputError as err:
+            lines.put(err)
+        lines.put(done)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        chunk, item = [], lines.get()
+        while item is not done:
+            if isinstance(item, InputError):
+                if chunk:
+                    yield chunk
+                raise item
+            chunk.append(item)
+            if len(chunk) >= max_lines:
+                break
+            try:
+                item = lines.get_nowait()
+            except queue.Empty:
+                break
+        if chunk:
+            yield chunk
+        if item is done:
+            return

@@ -1,0 +1,155 @@
+"""model.nmt: one safetensors file holding weights, config JSON and the SentencePiece model; no pickle.
+
+trainer_state.pt (optimizer, scheduler, RNG, data position) is a plain dict of tensors and numbers,
+read back with `torch.load(weights_only=True)`. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from nmt_cli import __version__
+from nmt_cli.config import ModelConfig, from_json, to_json
+from nmt_cli.errors import CheckpointError, ConfigError, InputError
+from nmt_cli.model import Seq2Seq, build_model
+from nmt_cli.subword import Subword
+from nmt_cli.textio import atomic_write
+
+FORMAT = "nmt-ckpt/1"
+SPM_KEY = "__subword_model__"
+
+
+class LoadedModel(NamedTuple):
+    model: Seq2Seq
+    config: ModelConfig
+    subword: Subword
+    info: dict[str, Any]  # training facts: steps, dev scores, data hashes, versions
+    digest: str  # first 8 hex digits of the file's sha256, for decoding signatures
+
+
+def _unique_tensors(model: Seq2Seq) -> dict[str, torch.Tensor]:
+    """The state dict without second names of tied weights (safetensors refuses shared storage)."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().contiguous()
+    return tensors
+
+
+def model_bytes(model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None) -> bytes:
+    """Serialise a model, its config and its subword model into safetensors bytes."""
+    tensors = _unique_tensors(model)
+    tensors[SPM_KEY] = torch.frombuffer(bytearray(subword.to_bytes()), dtype=torch.uint8)
+    metadata = {"format": FORMAT, "config": to_json(model.cfg), "version": __version__,
+                "info": json.dumps(info or {}, sort_keys=True)}
+    return save_safetensors(tensors, metadata=metadata)
+
+
+def save_model(path: str | Path, model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None) -> None:
+    with atomic_write(path) as f:
+        f.write(model_bytes(model, subword, info))
+
+
+def _read_header(blob: bytes, path: str) -> dict[str, str]:
+    """The safetensors metadata, or a CheckpointError when the bytes are not an nmt model."""
+    try:
+        header_len = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + header_len])
+        metadata = header.get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise CheckpointError("not an nmt model file (no safetensors header)", path) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"not an nmt model file (format {metadata.get('format')!r}, expected {FORMAT})",
+                              path)
+    return metadata
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Rebuild the model in eval mode from a model.nmt file, without unpickling anything."""
+    path = str(path)
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError("no such model file", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read model file: {e.strerror}", path) from None
+    metadata = _read_header(blob, path)
+    try:
+        tensors = load_safetensors(blob)
+        cfg = from_json(ModelConfig, metadata["config"])
+    except (SafetensorError, KeyError, ConfigError, ValueError) as e:
+        raise CheckpointError(f"damaged model file: {e}", path) from None
+    subword = Subword.from_bytes(tensors.pop(SPM_KEY).numpy().tobytes())
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {name for name in missing if name in ("generator.weight", "encoder.embedding.weight")}
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(f"weights do not fit the config: missing {sorted(set(missing) - tied)}, "
+                              f"unexpected {sorted(unexpected)}", path)
+    model.eval()
+    return LoadedModel(model, cfg, subword, json.loads(metadata.get("info", "{}")),
+                       hashlib.sha256(blob).hexdigest()[:8])
+
+
+def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:
+    """Config, training info and raw metadata of a model file, without building the model."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            blob = head + f.read(int.from_bytes(head, "little"))
+    except FileNotFoundError:
+        raise InputError("no such model file", str(path)) from None
+    metadata = _read_header(blob, str(path))
+    return from_json(ModelConfig, metadata["config"]), json.loads(metadata.get("info", "{}")), metadata
+
+
+def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Optimizer, scheduler, RNG states and counters; plain containers only, so no pickle is needed."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError("no trainer state to resume from", str(path)) from None
+    except Exception as e:  # torch raises several unrelated types for damaged files
+        raise CheckpointError(f"damaged trainer state: {e}", str(path)) from None
+
+
+def load_subword(path: str | Path) -> Subword:
+    """The subword model of a model.nmt file, or a plain SentencePiece model file."""
+    with open_or_fail(path) as f:
+        head = f.read(8)
+    if len(head) == 8 and 0 < int.from_bytes(head, "little") < 100_000_000:
+        try:
+            blob = Path(path).read_bytes()
+            _read_header(blob, str(path))
+            return Subword.from_bytes(load_safetensors(blob)[SPM_KEY].numpy().tobytes())
+        except CheckpointError:
+            pass  # not a model file: try it as a SentencePiece model
+    return Subword.from_file(path)
+
+
+def open_or_fail(path: str | Path):  # noqa: ANN201 - a plain binary file object
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise InputError("no such file", str(path)) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", str(path)) from None

@@ -1,0 +1,34 @@
+"""The `nmt` command: each subcommand is a thin function in a cmd_* module, registered here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from nmt_cli import cmd_data, cmd_eval, cmd_train, cmd_translate
+from nmt_cli.cli_base import PROCESS_START  # noqa: F401  (imported first: the clock starts here)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="RNN-attention neural machine translation: prepare, train, translate, evaluate, plot.")
+subword_app = typer.Typer(no_args_is_help=True, help="Encode or decode text with a SentencePiece model.")
+
+app.command("prepare")(cmd_data.prepare)
+app.add_typer(subword_app, name="subword")
+subword_app.command("encode")(cmd_data.subword_encode)
+subword_app.command("decode")(cmd_data.subword_decode)
+app.command("train")(cmd_train.train)
+app.command("translate")(cmd_translate.translate)
+app.command("evaluate")(cmd_eval.evaluate)
+app.command("attention")(cmd_translate.attention)
+
+
+def main() -> None:
+    """Console entry point: a closed stdout (`| head`) ends quietly."""
+    try:
+        app()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit; let that go nowhere
+        sys.exit(0)

@@ -1,0 +1,66 @@
+"""What every command shares: one-line errors, stdout writing, thread setting, durations."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from nmt_cli.console import console
+from nmt_cli.errors import ConfigError, NmtError
+
+PROCESS_START = time.time()  # budgets count from here: imports and data loading are part of the run
+T = TypeVar("T")
+
+
+def reports_errors(command: Callable[..., T]) -> Callable[..., T]:
+    """Turn NmtError into one stderr line and exit 1; a traceback only with NMT_DEBUG=1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return command(*args, **kwargs)
+        except NmtError as err:
+            if os.environ.get("NMT_DEBUG") == "1":
+                raise
+            console.print(f"nmt: error: {err}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            console.print("nmt: interrupted", markup=False, highlight=False)
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def set_threads(threads: int) -> None:
+    """The one place that sets torch's thread count (0: OMP_NUM_THREADS or torch's default)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def write_stdout(text: str) -> None:
+    """Results only, flushed at once so pipelines and `tail -f` see each line as it is ready."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'900', '900s', '15m', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ConfigError(f"cannot read duration {text!r}; use e.g. 900, 900s, 15m or 1.5h") from None
+    if seconds < 0:
+        raise ConfigError(f"duration must not be negative, got {text!r}")
+    return seconds

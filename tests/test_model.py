@@ -1,0 +1,91 @@
+"""The model contract: teacher forcing equals the step loop, shapes, parameter count, tied weights."""
+
+import pytest
+import torch
+
+from nmt_cli.config import ModelConfig
+from nmt_cli.model import EncoderOutput, build_model, count_parameters
+
+ATTENTIONS = ["bahdanau", "dot", "general", "scaled-dot"]
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=40, emb_size=8, encoder_hidden=6, decoder_hidden=12, dropout=0.0,
+                encoder_layers=2, decoder_layers=2)
+    return ModelConfig(**{**base, **overrides})
+
+
+def toy_batch():
+    torch.manual_seed(0)
+    src = torch.randint(4, 40, (3, 7))
+    lengths = torch.tensor([7, 5, 3])
+    src[1, 5:] = 0
+    src[2, 3:] = 0
+    tgt_in = torch.randint(4, 40, (3, 6))
+    tgt_in[:, 0] = 2
+    return src, lengths, tgt_in
+
+
+def step_loop(model, src, lengths, tgt_in):
+    enc = model.encode(src, lengths)
+    state, log_probs, attns = enc.state, [], []
+    for t in range(tgt_in.size(1)):
+        out = model.decode_step(tgt_in[:, t], state, enc)
+        state = out.state
+        log_probs.append(out.log_probs)
+        attns.append(out.attention)
+    return torch.stack(log_probs, 1), torch.stack(attns, 1)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_teacher_forcing_equals_step_loop(attention, input_feeding):
+    model = build_model(tiny_config(attention=attention, input_feeding=input_feeding)).eval()
+    src, lengths, tgt_in = toy_batch()
+    forced = model.teacher_force(src, lengths, tgt_in)
+    log_probs, attns = step_loop(model, src, lengths, tgt_in)
+    assert torch.allclose(model.log_probs(forced.hidden), log_probs, atol=1e-5)
+    assert torch.allclose(forced.attention, attns, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_attention_is_a_distribution_over_real_source_tokens(attention):
+    model = build_model(tiny_config(attention=attention)).eval()
+    src, lengths, tgt_in = toy_batch()
+    attn = model.teacher_force(src, lengths, tgt_in).attention  # (B, T, S)
+    assert torch.allclose(attn.sum(-1), torch.ones(3, 6), atol=1e-6)
+    assert attn[2, :, 3:].abs().max() == 0  # row 2 has 3 real tokens: padding gets no weight
+
+
+def test_base_rnn_has_the_protocol_parameter_count():
+    # OpenNMT-py's count for the side-by-side model: Luong general, input feeding, no bridge, vocab 8000
+    cfg = ModelConfig(vocab_size=8000, attention="general", input_feeding=True, bridge=False)
+    assert count_parameters(build_model(cfg)) == 12_664_640
+
+
+def test_tied_and_shared_embeddings_are_one_tensor():
+    model = build_model(tiny_config(emb_size=12, tie_embeddings=True, share_embeddings=True))
+    assert model.generator.weight is model.tgt_embedding.weight
+    assert model.encoder.embedding.weight is model.tgt_embedding.weight
+    untied = build_model(tiny_config(emb_size=12))
+    assert count_parameters(untied) - count_parameters(model) == 2 * 40 * 12
+
+
+def test_gru_encoder_and_padding_do_not_change_a_sentence():
+    # the same sentence alone and padded beside a longer one encodes to the same memory
+    model = build_model(tiny_config(encoder_cell="gru")).eval()
+    src, lengths, _ = toy_batch()
+    both = model.encode(src, lengths)
+    alone = model.encode(src[2:, :3], lengths[2:])
+    assert torch.allclose(both.memory[2, :3], alone.memory[0], atol=1e-6)
+    assert torch.allclose(both.state.h[:, 2], alone.state.h[:, 0], atol=1e-6)
+
+
+def test_encoder_output_select_and_repeat():
+    model = build_model(tiny_config()).eval()
+    src, lengths, _ = toy_batch()
+    enc: EncoderOutput = model.encode(src, lengths)
+    rep = enc.repeat_interleave(2)
+    assert rep.memory.shape[0] == 6 and torch.equal(rep.memory[2], enc.memory[1])
+    picked = enc.select(torch.tensor([2, 0]))
+    assert torch.equal(picked.keys[0], enc.keys[2]) and torch.equal(picked.state.h[:, 1], enc.state.h[:, 0])
