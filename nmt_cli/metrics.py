@@ -240,7 +240,8 @@ def _make_metric(key: str, lowercase: bool, tokenize: str, sentence: bool = Fals
     if key == "bleu":
         if tokenize not in BLEU.TOKENIZERS:
             raise ConfigError(f"unknown BLEU tokenizer {tokenize!r}; valid: {', '.join(BLEU.TOKENIZERS)}")
-        return BLEU(lowercase=lowercase, tokenize=tokenize, effective_order=sentence)
+        # force: sacrebleu's own tokenized-input warning would print per call; warnings_for() says it once
+        return BLEU(lowercase=lowercase, tokenize=tokenize, effective_order=sentence, force=True)
     if key in ("chrf", "chrf++"):
         return CHRF(word_order=2 if key == "chrf++" else 0, lowercase=lowercase)
     return TER()  # sacrebleu's defaults (case-insensitive), as its own command line scores TER
