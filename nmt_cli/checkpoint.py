@@ -48,16 +48,30 @@ def _unique_tensors(model: Seq2Seq) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _tied_aliases(model: Seq2Seq, saved: dict[str, torch.Tensor]) -> set[str]:
+    """Names that share storage with a saved name (tied weights are saved once)."""
+    by_storage: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        by_storage.setdefault(tensor.data_ptr(), []).append(name)
+    return {name for names in by_storage.values() if any(n in saved for n in names) for name in names}
+
+
 def model_bytes(model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None) -> bytes:
     """Serialise a model, its config and its subword model into safetensors bytes."""
     tensors = _unique_tensors(model)
     tensors[SPM_KEY] = torch.frombuffer(bytearray(subword.to_bytes()), dtype=torch.uint8)
-    metadata = {"format": FORMAT, "config": to_json(model.cfg), "version": __version__,
-                "info": json.dumps(info or {}, sort_keys=True)}
+    metadata = {
+        "format": FORMAT,
+        "config": to_json(model.cfg),
+        "version": __version__,
+        "info": json.dumps(info or {}, sort_keys=True),
+    }
     return save_safetensors(tensors, metadata=metadata)
 
 
-def save_model(path: str | Path, model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None) -> None:
+def save_model(
+    path: str | Path, model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None
+) -> None:
     with atomic_write(path) as f:
         f.write(model_bytes(model, subword, info))
 
@@ -71,8 +85,9 @@ def _read_header(blob: bytes, path: str) -> dict[str, str]:
     except (ValueError, UnicodeDecodeError, AttributeError):
         raise CheckpointError("not an nmt model file (no safetensors header)", path) from None
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"not an nmt model file (format {metadata.get('format')!r}, expected {FORMAT})",
-                              path)
+        raise CheckpointError(
+            f"not an nmt model file (format {metadata.get('format')!r}, expected {FORMAT})", path
+        )
     return metadata
 
 
@@ -94,13 +109,15 @@ def load_model(path: str | Path) -> LoadedModel:
     subword = Subword.from_bytes(tensors.pop(SPM_KEY).numpy().tobytes())
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {name for name in missing if name in ("generator.weight", "encoder.embedding.weight")}
-    if set(missing) - tied or unexpected:
-        raise CheckpointError(f"weights do not fit the config: missing {sorted(set(missing) - tied)}, "
-                              f"unexpected {sorted(unexpected)}", path)
+    missing = [name for name in missing if name not in _tied_aliases(model, tensors)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}", path
+        )
     model.eval()
-    return LoadedModel(model, cfg, subword, json.loads(metadata.get("info", "{}")),
-                       hashlib.sha256(blob).hexdigest()[:8])
+    return LoadedModel(
+        model, cfg, subword, json.loads(metadata.get("info", "{}")), hashlib.sha256(blob).hexdigest()[:8]
+    )
 
 
 def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:

@@ -8,20 +8,28 @@ import sys
 import typer
 
 from nmt_cli import cmd_data, cmd_eval, cmd_train, cmd_translate
-from nmt_cli.cli_base import PROCESS_START  # noqa: F401  (imported first: the clock starts here)
+from nmt_cli.cli_base import reports_errors
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="RNN-attention neural machine translation: prepare, train, translate, evaluate, plot.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="RNN-attention neural machine translation: prepare, train, translate, evaluate, plot.",
+)
 subword_app = typer.Typer(no_args_is_help=True, help="Encode or decode text with a SentencePiece model.")
 
-app.command("prepare")(cmd_data.prepare)
 app.add_typer(subword_app, name="subword")
-subword_app.command("encode")(cmd_data.subword_encode)
-subword_app.command("decode")(cmd_data.subword_decode)
-app.command("train")(cmd_train.train)
-app.command("translate")(cmd_translate.translate)
-app.command("evaluate")(cmd_eval.evaluate)
-app.command("attention")(cmd_translate.attention)
+COMMANDS = [
+    (app, "prepare", cmd_data.prepare),
+    (subword_app, "encode", cmd_data.subword_encode),
+    (subword_app, "decode", cmd_data.subword_decode),
+    (app, "train", cmd_train.train),
+    (app, "translate", cmd_translate.translate),
+    (app, "evaluate", cmd_eval.evaluate),
+    (app, "attention", cmd_translate.attention),
+]
+for group, name, command in COMMANDS:
+    group.command(name)(reports_errors(command))  # every command reports NmtError as one line
 
 
 def main() -> None:

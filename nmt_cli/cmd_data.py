@@ -8,11 +8,10 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import reports_errors, write_stdout
+from nmt_cli.cli_base import write_stdout
 from nmt_cli.errors import InputError
 
 
-@reports_errors
 def prepare(
     src: Path = typer.Option(..., "--src", help="Source side of the training corpus."),
     tgt: Path = typer.Option(..., "--tgt", help="Target side of the training corpus."),
@@ -33,12 +32,13 @@ def prepare(
 
 def _report_text(report: dict[str, Any]) -> str:
     corpus, sub = report["corpus"], report["subword"]
-    return (f"corpus\t{corpus['lines']} line pairs, {corpus['empty']} with an empty side, "
-            f"{corpus['identical']} identical, {corpus['long']} long\n"
-            f"subword\t{sub['model']} ({sub['model_type']}, vocab {sub['vocab_size']}, {sub['seconds']} s)\n")
+    return (
+        f"corpus\t{corpus['lines']} line pairs, {corpus['empty']} with an empty side, "
+        f"{corpus['identical']} identical, {corpus['long']} long\n"
+        f"subword\t{sub['model']} ({sub['model_type']}, vocab {sub['vocab_size']}, {sub['seconds']} s)\n"
+    )
 
 
-@reports_errors
 def subword_encode(
     model: Path = typer.Option(..., "-m", "--model", help="spm.model, or a model.nmt (its subword model)."),
     input_file: str = typer.Argument("-", metavar="[FILE|-]", help="Text to encode; '-' or nothing: stdin."),
@@ -55,10 +55,11 @@ def subword_encode(
             write_stdout("".join(" ".join(map(str, row)) + "\n" for row in rows))
 
 
-@reports_errors
 def subword_decode(
     model: Path = typer.Option(..., "-m", "--model", help="spm.model, or a model.nmt (its subword model)."),
-    input_file: str = typer.Argument("-", metavar="[FILE|-]", help="Pieces to decode; '-' or nothing: stdin."),
+    input_file: str = typer.Argument(
+        "-", metavar="[FILE|-]", help="Pieces to decode; '-' or nothing: stdin."
+    ),
     ids: bool = typer.Option(False, "--ids", help="Input lines are ids, not pieces."),
 ) -> None:
     """Space-separated pieces (or ids) -> text, one line per line."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from nmt_cli.cli_base import reports_errors, write_stdout
+from nmt_cli.cli_base import write_stdout
 
 
 def score_line(result) -> str:  # noqa: ANN001
@@ -16,9 +16,10 @@ def score_line(result) -> str:  # noqa: ANN001
     return f"{result.name}|{result.signature} = {detail}"
 
 
-@reports_errors
 def evaluate(
-    refs: list[Path] = typer.Option(..., "-r", "--ref", help="Reference file; repeat for several references."),
+    refs: list[Path] = typer.Option(
+        ..., "-r", "--ref", help="Reference file; repeat for several references."
+    ),
     hyp: str = typer.Argument("-", metavar="[HYP|-]", help="Hypotheses; '-' or nothing: stdin."),
     metrics: str = typer.Option("bleu,chrf,ter", help="Comma-separated: bleu, chrf, chrf++, ter."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object with every score and signature."),
@@ -35,8 +36,10 @@ def evaluate(
         console.print(f"nmt: warning: {warning}", markup=False, highlight=False)
     results = corpus_scores(hyps, ref_lines, [m.strip() for m in metrics.split(",") if m.strip()])
     if as_json:
-        payload = [{"name": r.name, "score": round(r.score, 4), "signature": r.signature, "text": r.text}
-                   for r in results]
+        payload = [
+            {"name": r.name, "score": round(r.score, 4), "signature": r.signature, "text": r.text}
+            for r in results
+        ]
         write_stdout(json.dumps(payload, ensure_ascii=False) + "\n")
     else:
         write_stdout("".join(score_line(r) + "\n" for r in results))

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import PROCESS_START, parse_duration, reports_errors, set_threads, write_stdout
+from nmt_cli.cli_base import PROCESS_START, parse_duration, set_threads, write_stdout
 from nmt_cli.errors import ConfigError, InputError
 
 SECTIONS = ("model", "train", "subword")
@@ -32,16 +32,24 @@ def read_toml(path: Path) -> dict[str, dict[str, Any]]:
     return raw
 
 
-def merged_configs(preset_name: str | None, config_file: Path | None, model_flags: dict[str, Any],
-                   train_flags: dict[str, Any], subword_flags: dict[str, Any]) -> tuple[Any, Any, Any]:
+def merged_configs(
+    preset_name: str | None,
+    config_file: Path | None,
+    model_flags: dict[str, Any],
+    train_flags: dict[str, Any],
+    subword_flags: dict[str, Any],
+) -> tuple[Any, Any, Any]:
     """Defaults < preset < config file < flags, as frozen, validated configs."""
     from nmt_cli.config import ModelConfig, SubwordConfig, TrainConfig, from_dict, preset
 
     raw = read_toml(config_file) if config_file else {}
     name = preset_name or raw.get("preset")
     model, train = preset(name) if name else ({}, {})
-    layers = [(model, raw.get("model", {}), model_flags), (train, raw.get("train", {}), train_flags),
-              ({}, raw.get("subword", {}), subword_flags)]
+    layers = [
+        (model, raw.get("model", {}), model_flags),
+        (train, raw.get("train", {}), train_flags),
+        ({}, raw.get("subword", {}), subword_flags),
+    ]
     merged = []
     for base, from_file, flags in layers:
         merged.append({**base, **from_file, **{k: v for k, v in flags.items() if v is not None}})
@@ -56,12 +64,18 @@ def train(
     out: Path = typer.Option(..., "-o", "--out", help="Run directory: model.nmt, last.nmt, log.jsonl."),
     dev_src: Path | None = typer.Option(None, "--dev-src", help="Dev set, source side (validation)."),
     dev_tgt: Path | None = typer.Option(None, "--dev-tgt", help="Dev set, target side."),
-    spm: Path | None = typer.Option(None, "--spm", help="SentencePiece model; trained on the corpus if absent."),
-    config: Path | None = typer.Option(None, "--config", help="TOML run file with [model] [train] [subword]."),
+    spm: Path | None = typer.Option(
+        None, "--spm", help="SentencePiece model; trained on the corpus if absent."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML run file with [model] [train] [subword]."
+    ),
     preset: str | None = typer.Option(None, "--preset", help="Recipe: base-rnn, cpu-15min, toy, tiny."),
     epochs: float | None = typer.Option(None, "--epochs", help="Stop after this many epochs."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many updates."),
-    time_budget: str | None = typer.Option(None, "--time-budget", help="Stop within this wall time: 900, 15m, 1h."),
+    time_budget: str | None = typer.Option(
+        None, "--time-budget", help="Stop within this wall time: 900, 15m, 1h."
+    ),
     attention: str | None = typer.Option(None, help="bahdanau, dot, general or scaled-dot."),
     input_feeding: bool | None = typer.Option(None, "--input-feeding/--no-input-feeding"),
     emb_size: int | None = typer.Option(None),
@@ -99,23 +113,52 @@ def train(
 
     setup_logging(quiet=quiet)
     budget = parse_duration(time_budget)
-    model_flags = dict(attention=attention, input_feeding=input_feeding, emb_size=emb_size,
-                       encoder_hidden=encoder_hidden, encoder_layers=encoder_layers, encoder_cell=encoder_cell,
-                       bidirectional=bidirectional, decoder_hidden=decoder_hidden, decoder_layers=decoder_layers,
-                       bridge=bridge, dropout=dropout, tie_embeddings=tie_embeddings,
-                       share_embeddings=share_embeddings)
-    train_flags = dict(epochs=epochs, max_steps=max_steps, time_budget=budget, optimizer=optimizer, lr=lr,
-                       weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
-                       label_smoothing=label_smoothing, clip_norm=clip_norm, batch_tokens=batch_tokens,
-                       valid_every=valid_every, log_every=log_every, patience=patience, keep_last=keep_last,
-                       seed=seed, threads=threads or None)
-    model_cfg, train_cfg, sub_cfg = merged_configs(preset, config, model_flags, train_flags,
-                                                   dict(vocab_size=vocab_size))
+    model_flags = dict(
+        attention=attention,
+        input_feeding=input_feeding,
+        emb_size=emb_size,
+        encoder_hidden=encoder_hidden,
+        encoder_layers=encoder_layers,
+        encoder_cell=encoder_cell,
+        bidirectional=bidirectional,
+        decoder_hidden=decoder_hidden,
+        decoder_layers=decoder_layers,
+        bridge=bridge,
+        dropout=dropout,
+        tie_embeddings=tie_embeddings,
+        share_embeddings=share_embeddings,
+    )
+    train_flags = dict(
+        epochs=epochs,
+        max_steps=max_steps,
+        time_budget=budget,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        label_smoothing=label_smoothing,
+        clip_norm=clip_norm,
+        batch_tokens=batch_tokens,
+        valid_every=valid_every,
+        log_every=log_every,
+        patience=patience,
+        keep_last=keep_last,
+        seed=seed,
+        threads=threads or None,
+    )
+    model_cfg, train_cfg, sub_cfg = merged_configs(
+        preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)
+    )
     set_threads(train_cfg.threads)
-    summary = _run(src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, resume, overwrite, quiet)
+    summary = _run(
+        src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, resume, overwrite, quiet
+    )
     best = "-" if summary.best_bleu is None else f"{summary.best_bleu:.2f} (step {summary.best_step})"
-    write_stdout(f"model\t{summary.model_path}\nsteps\t{summary.steps}\nepochs\t{summary.epochs:.2f}\n"
-                 f"dev_bleu\t{best}\nwall\t{summary.wall:.0f}s\nstopped\t{summary.stopped or 'done'}\n")
+    write_stdout(
+        f"model\t{summary.model_path}\nsteps\t{summary.steps}\nepochs\t{summary.epochs:.2f}\n"
+        f"dev_bleu\t{best}\nwall\t{summary.wall:.0f}s\nstopped\t{summary.stopped or 'done'}\n"
+    )
 
 
 def _run(src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, resume, overwrite, quiet):  # noqa: ANN001, ANN202
@@ -127,8 +170,10 @@ def _run(src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, re
     from nmt_cli.train import Run, fit
 
     if (out / "model.nmt").exists() and not (resume or overwrite):
-        raise ConfigError("a trained model is already there; use --resume to continue or --overwrite",
-                          str(out / "model.nmt"))
+        raise ConfigError(
+            "a trained model is already there; use --resume to continue or --overwrite",
+            str(out / "model.nmt"),
+        )
     if resume and not (out / "trainer_state.pt").exists():
         raise InputError("nothing to resume: no trainer_state.pt", str(out))
     if overwrite and not resume:
@@ -143,4 +188,6 @@ def _run(src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, re
         sub = Subword.from_bytes(train_spm([src, tgt], sub_cfg))
     sub.save(out / "spm.model")
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    return fit(Run(data, sub, model_cfg, train_cfg, out), resume=resume, start_time=PROCESS_START, quiet=quiet)
+    return fit(
+        Run(data, sub, model_cfg, train_cfg, out), resume=resume, start_time=PROCESS_START, quiet=quiet
+    )

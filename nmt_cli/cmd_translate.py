@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from nmt_cli.cli_base import reports_errors, set_threads, write_stdout
+from nmt_cli.cli_base import set_threads, write_stdout
 from nmt_cli.errors import ConfigError, InputError
 
 FORMATS = ("text", "jsonl")
@@ -17,26 +17,38 @@ FORMATS = ("text", "jsonl")
 def _decode_config(beam_size: int, length_penalty: float, max_len_a: float, max_len_b: int, n_best: int):  # noqa: ANN202
     from nmt_cli.config import DecodeConfig
 
-    return DecodeConfig(beam_size=beam_size, length_penalty=length_penalty, max_len_a=max_len_a,
-                        max_len_b=max_len_b, n_best=n_best)
+    return DecodeConfig(
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        n_best=n_best,
+    )
 
 
 def _format(t, fmt: str, signature: str, with_attention: bool) -> str:  # noqa: ANN001
     if fmt == "text":
         return t.hyp + "\n"
-    record = {"line": t.line, "src": t.src, "hyp": t.hyp, "score": t.score,
-              "token_log_probs": [round(x, 4) for x in t.token_log_probs],
-              "nbest": [{"hyp": h, "score": s} for h, s in t.nbest], "signature": signature}
+    record = {
+        "line": t.line,
+        "src": t.src,
+        "hyp": t.hyp,
+        "score": t.score,
+        "token_log_probs": [round(x, 4) for x in t.token_log_probs],
+        "nbest": [{"hyp": h, "score": s} for h, s in t.nbest],
+        "signature": signature,
+    }
     if with_attention:
         record.update(src_pieces=t.src_pieces, hyp_pieces=t.hyp_pieces, attention=t.attention)
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-@reports_errors
 def translate(
     model: Path = typer.Option(..., "-m", "--model", help="A model.nmt file."),
     input_file: str = typer.Argument("-", metavar="[FILE|-]", help="Source text; '-' or nothing: stdin."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write here (atomically) instead of stdout."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write here (atomically) instead of stdout."
+    ),
     beam_size: int = typer.Option(5, "--beam-size", "-b", help="1 is greedy search."),
     batch_size: int = typer.Option(64, help="Sentences per batch."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", "--alpha", help="score / length**alpha."),
@@ -84,19 +96,24 @@ def translate(
             f.write(sink.getvalue())
     if not quiet:
         seconds = time.time() - began
-        console.print(f"translated {count} lines in {seconds:.2f}s ({count / max(seconds, 1e-9):.1f} lines/s)",
-                      highlight=False)
+        console.print(
+            f"translated {count} lines in {seconds:.2f}s ({count / max(seconds, 1e-9):.1f} lines/s)",
+            highlight=False,
+        )
 
 
-@reports_errors
 def attention(
     model: Path = typer.Option(..., "-m", "--model", help="A model.nmt file."),
     sentence: str | None = typer.Argument(None, help="The source sentence (or use --input and --line)."),
     input_file: Path | None = typer.Option(None, "--input", help="Take the sentence from this file."),
     line: int = typer.Option(1, "--line", help="1-based line of --input."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="PNG, SVG or PDF; none: draw in the terminal."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="PNG, SVG or PDF; none: draw in the terminal."
+    ),
     beam_size: int = typer.Option(1, "--beam-size", "-b", help="1 is greedy search."),
-    color: bool = typer.Option(True, "--color/--no-color", help="Terminal heatmap in colour or shade characters."),
+    color: bool = typer.Option(
+        True, "--color/--no-color", help="Terminal heatmap in colour or shade characters."
+    ),
 ) -> None:
     """Draw the attention of one translation: source pieces across, target pieces down."""
     from nmt_cli.checkpoint import load_model
@@ -113,8 +130,11 @@ def attention(
             raise InputError(f"line {line} is beyond the file's {len(lines)} lines", str(input_file), line)
         sentence = lines[line - 1]
     if not sentence or not sentence.strip():
-        raise InputError("the sentence is empty: nothing to align", str(input_file) if input_file else None,
-                         line if input_file else None)
+        raise InputError(
+            "the sentence is empty: nothing to align",
+            str(input_file) if input_file else None,
+            line if input_file else None,
+        )
     loaded = load_model(model)
     cfg = _decode_config(beam_size, 1.0, 1.5, 10, 1)
     t = next(iter(translate_lines([[sentence]], loaded, cfg, with_attention=True)))
@@ -133,5 +153,6 @@ def _show_attention(t, output: Path | None, color: bool) -> str:  # noqa: ANN001
 
     buffer = io.StringIO()
     Console(file=buffer, width=200, force_terminal=color, color_system="truecolor" if color else None).print(
-        plot.terminal_heatmap(t.attention, t.src_pieces, rows, color=color))
+        plot.terminal_heatmap(t.attention, t.src_pieces, rows, color=color)
+    )
     return f"{t.hyp}\n{buffer.getvalue()}"

@@ -72,7 +72,8 @@ class ModelConfig:
         _fraction("dropout", self.dropout)
         if self.tie_embeddings and self.emb_size != self.decoder_hidden:
             raise ConfigError(
-                f"tie_embeddings needs emb_size == decoder_hidden, got {self.emb_size} and {self.decoder_hidden}"
+                "tie_embeddings needs emb_size == decoder_hidden, "
+                f"got {self.emb_size} and {self.decoder_hidden}"
             )
         if self.attention in ("dot", "scaled-dot") and self.memory_size != self.decoder_hidden:
             raise ConfigError(
@@ -117,8 +118,19 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         _fraction("label_smoothing", self.label_smoothing)
-        for name in ("warmup_steps", "max_steps", "epochs", "time_budget", "weight_decay", "clip_norm",
-                     "patience", "keep_last", "save_every_minutes", "valid_max_sentences", "threads"):
+        for name in (
+            "warmup_steps",
+            "max_steps",
+            "epochs",
+            "time_budget",
+            "weight_decay",
+            "clip_norm",
+            "patience",
+            "keep_last",
+            "save_every_minutes",
+            "valid_max_sentences",
+            "threads",
+        ):
             _at_least(name, getattr(self, name), 0)
         for name in ("batch_tokens", "max_len", "valid_every", "log_every"):
             _at_least(name, getattr(self, name), 1)
@@ -169,7 +181,9 @@ def with_overrides(config: C, overrides: dict[str, Any]) -> C:
     given = {k: v for k, v in overrides.items() if v is not None}
     names = {f.name for f in fields(config)}  # type: ignore[arg-type]
     if unknown := sorted(given.keys() - names):
-        raise ConfigError(f"unknown {type(config).__name__} keys {unknown}; valid: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown {type(config).__name__} keys {unknown}; valid: {', '.join(sorted(names))}"
+        )
     return replace(config, **given)  # type: ignore[type-var]
 
 
@@ -191,21 +205,59 @@ class DataConfig:
 # model of BENCHMARKS-PEERS.md; toy trains the embedded corpus in data/ in about two minutes on 2 cores.
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "base-rnn": (
-        dict(emb_size=256, encoder_hidden=256, decoder_hidden=512, attention="general", input_feeding=True,
-             bridge=False, dropout=0.3),
+        dict(
+            emb_size=256,
+            encoder_hidden=256,
+            decoder_hidden=512,
+            attention="general",
+            input_feeding=True,
+            bridge=False,
+            dropout=0.3,
+        ),
         dict(optimizer="adam", lr=1e-3, clip_norm=5.0, batch_tokens=2700, schedule="constant"),
     ),
     "cpu-15min": (
-        dict(emb_size=256, encoder_hidden=256, decoder_hidden=512, attention="general", input_feeding=False,
-             bridge=True, dropout=0.2),
-        dict(optimizer="adam", lr=2e-3, schedule="inverse-sqrt", warmup_steps=150, label_smoothing=0.1,
-             clip_norm=5.0, batch_tokens=3000, time_budget=900.0, valid_every=200),
+        dict(
+            emb_size=256,
+            encoder_hidden=256,
+            decoder_hidden=512,
+            attention="general",
+            input_feeding=False,
+            bridge=True,
+            dropout=0.2,
+        ),
+        dict(
+            optimizer="adam",
+            lr=2e-3,
+            schedule="inverse-sqrt",
+            warmup_steps=150,
+            label_smoothing=0.1,
+            clip_norm=5.0,
+            batch_tokens=3000,
+            time_budget=900.0,
+            valid_every=200,
+        ),
     ),
     "toy": (
-        dict(emb_size=128, encoder_hidden=128, decoder_hidden=256, attention="general", input_feeding=False,
-             bridge=True, dropout=0.1),
-        dict(optimizer="adam", lr=3e-3, schedule="inverse-sqrt", warmup_steps=100, label_smoothing=0.1,
-             batch_tokens=2000, valid_every=200, valid_max_sentences=200),
+        dict(
+            emb_size=128,
+            encoder_hidden=128,
+            decoder_hidden=256,
+            attention="general",
+            input_feeding=False,
+            bridge=True,
+            dropout=0.1,
+        ),
+        dict(
+            optimizer="adam",
+            lr=3e-3,
+            schedule="inverse-sqrt",
+            warmup_steps=100,
+            label_smoothing=0.1,
+            batch_tokens=2000,
+            valid_every=200,
+            valid_max_sentences=200,
+        ),
     ),
     "tiny": (
         dict(emb_size=32, encoder_hidden=32, decoder_hidden=64, dropout=0.0),

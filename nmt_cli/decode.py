@@ -28,8 +28,9 @@ def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[i
 
 
 @torch.inference_mode()
-def decode_ids(model: Seq2Seq, src_ids: Sequence[Sequence[int]], cfg: DecodeConfig,
-               batch_size: int = 64) -> list[list[Hypothesis]]:
+def decode_ids(
+    model: Seq2Seq, src_ids: Sequence[Sequence[int]], cfg: DecodeConfig, batch_size: int = 64
+) -> list[list[Hypothesis]]:
     """One n-best list per non-empty source, in input order; search is batch-invariant, so sorting is safe."""
     assert all(src_ids), "empty sources are skipped by the caller"
     results: list[list[Hypothesis]] = [[] for _ in src_ids]

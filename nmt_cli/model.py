@@ -43,12 +43,17 @@ class EncoderOutput(NamedTuple):
 
     def repeat_interleave(self, k: int) -> EncoderOutput:
         """Each row k times in a row (rows b*k .. b*k+k-1 belong to sentence b), for beam search."""
+
         def rep(x: Tensor, dim: int = 0) -> Tensor:
             return x.repeat_interleave(k, dim=dim)
 
         s = self.state
-        return EncoderOutput(rep(self.memory), rep(self.keys), rep(self.mask),
-                             DecoderState(rep(s.h, 1), rep(s.c, 1), rep(s.feed)))
+        return EncoderOutput(
+            rep(self.memory),
+            rep(self.keys),
+            rep(self.mask),
+            DecoderState(rep(s.h, 1), rep(s.c, 1), rep(s.feed)),
+        )
 
 
 class StepOutput(NamedTuple):
@@ -69,8 +74,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.embedding = embedding
         rnn = nn.LSTM if cfg.encoder_cell == "lstm" else nn.GRU
-        self.rnn = rnn(cfg.emb_size, cfg.encoder_hidden, num_layers=cfg.encoder_layers, batch_first=True,
-                       bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0)
+        self.rnn = rnn(
+            cfg.emb_size,
+            cfg.encoder_hidden,
+            num_layers=cfg.encoder_layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,15 +103,19 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.cfg = cfg
         tgt_embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size, padding_idx=PAD)
-        src_embedding = tgt_embedding if cfg.share_embeddings else nn.Embedding(
-            cfg.vocab_size, cfg.emb_size, padding_idx=PAD)
+        src_embedding = (
+            tgt_embedding
+            if cfg.share_embeddings
+            else nn.Embedding(cfg.vocab_size, cfg.emb_size, padding_idx=PAD)
+        )
         self.encoder = Encoder(cfg, src_embedding)
         self.tgt_embedding = tgt_embedding
         H, L = cfg.decoder_hidden, cfg.decoder_layers
         self.bridge = nn.Linear(cfg.memory_size, 2 * L * H) if cfg.bridge else None
         feed = H if cfg.input_feeding else 0
-        self.decoder_rnn = nn.LSTM(cfg.emb_size + feed, H, num_layers=L, batch_first=True,
-                                   dropout=cfg.dropout if L > 1 else 0.0)
+        self.decoder_rnn = nn.LSTM(
+            cfg.emb_size + feed, H, num_layers=L, batch_first=True, dropout=cfg.dropout if L > 1 else 0.0
+        )
         self.attention = build_attention(cfg.attention, H, cfg.memory_size)
         self.combine = nn.Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
         self.dropout = nn.Dropout(cfg.dropout)
@@ -160,8 +175,9 @@ class Seq2Seq(nn.Module):
         h, c = torch.tanh(self.bridge(top)).view(B, 2, L, H).permute(1, 2, 0, 3).unbind(0)
         return DecoderState(h.contiguous(), c.contiguous(), feed)
 
-    def _step(self, emb: Tensor, state: DecoderState, enc: EncoderOutput,
-              embedded: bool = False) -> tuple[Tensor, DecoderState, Tensor]:
+    def _step(
+        self, emb: Tensor, state: DecoderState, enc: EncoderOutput, embedded: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor]:
         """One decoder step: emb (B, E) -> attentional vector (B, H), new state, attention (B, S)."""
         if not embedded:
             emb = self.dropout(emb)

@@ -23,7 +23,14 @@ def prepare_corpus(src: Path, tgt: Path, out_dir: Path, cfg: SubwordConfig) -> d
     began = time.time()
     sub = Subword.from_bytes(train_spm([src, tgt], cfg))
     sub.save(out_dir / "spm.model")
-    result = {"corpus": report._asdict(), "subword": {"model": str(out_dir / "spm.model"),
-              "vocab_size": sub.vocab_size, "model_type": cfg.model_type, "seconds": round(time.time() - began, 2)}}
+    result = {
+        "corpus": report._asdict(),
+        "subword": {
+            "model": str(out_dir / "spm.model"),
+            "vocab_size": sub.vocab_size,
+            "model_type": cfg.model_type,
+            "seconds": round(time.time() - began, 2),
+        },
+    }
     write_text_atomic(out_dir / "prepare.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result

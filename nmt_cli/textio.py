@@ -54,7 +54,8 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
     if len(src) != len(tgt):
         shorter = src_path if len(src) < len(tgt) else tgt_path
         raise InputError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: a parallel corpus needs equal counts",
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
+            "a parallel corpus needs equal counts",
             str(shorter),
             min(len(src), len(tgt)) + 1,
         )

@@ -109,9 +109,11 @@ def _stop_reason(cfg: TrainConfig, c: Counters, epoch_progress: float, elapsed: 
 
 def _progress(cfg: TrainConfig, c: Counters, epoch_progress: float, elapsed: float) -> float:
     """The spent fraction of the run by whichever limit is set (for cosine and linear decay)."""
-    parts = [c.step / cfg.max_steps if cfg.max_steps else 0.0,
-             epoch_progress / cfg.epochs if cfg.epochs else 0.0,
-             elapsed / cfg.time_budget if cfg.time_budget else 0.0]
+    parts = [
+        c.step / cfg.max_steps if cfg.max_steps else 0.0,
+        epoch_progress / cfg.epochs if cfg.epochs else 0.0,
+        elapsed / cfg.time_budget if cfg.time_budget else 0.0,
+    ]
     return max(parts)
 
 
@@ -136,6 +138,9 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
     start = start_time if start_time is not None else time.time()
     if not (cfg.max_steps or cfg.epochs or cfg.time_budget):
         raise ConfigError("give a limit: --max-steps, --epochs or --time-budget")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run gets a fresh log
     train, report = load_parallel(run.data.train_src, run.data.train_tgt, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
@@ -145,11 +150,19 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
     model = build_model(run.model_cfg)
     optimizer = build_optimizer(model, cfg)
     c = _restore(out / "trainer_state.pt", model, optimizer, run) if resume else Counters()
-    log.info("model: %s parameters, %s attention, input feeding %s", f"{count_parameters(model):,}",
-             run.model_cfg.attention, "on" if run.model_cfg.input_feeding else "off")
-    info_base = {"data": {k: file_facts(v) for k, v in asdict(run.data).items() if v},
-                 "train_config": to_json(cfg), "parameters": count_parameters(model), "nmt": __version__,
-                 "torch": torch.__version__}
+    log.info(
+        "model: %s parameters, %s attention, input feeding %s",
+        f"{count_parameters(model):,}",
+        run.model_cfg.attention,
+        "on" if run.model_cfg.input_feeding else "off",
+    )
+    info_base = {
+        "data": {k: file_facts(v) for k, v in asdict(run.data).items() if v},
+        "train_config": to_json(cfg),
+        "parameters": count_parameters(model),
+        "nmt": __version__,
+        "torch": torch.__version__,
+    }
     return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet)
 
 
@@ -174,8 +187,11 @@ def _restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, run: 
     saved = from_json(ModelConfig, state["model_config"])
     for name, value in asdict(run.model_cfg).items():
         if getattr(saved, name) != value:
-            raise ConfigError(f"cannot resume: model config differs in {name} "
-                              f"(saved {getattr(saved, name)!r}, now {value!r})", str(path))
+            raise ConfigError(
+                f"cannot resume: model config differs in {name} "
+                f"(saved {getattr(saved, name)!r}, now {value!r})",
+                str(path),
+            )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
@@ -192,8 +208,18 @@ class _Clock:
         return self.earlier + time.time() - self.start
 
 
-def _loop(run: Run, model: Seq2Seq, optimizer: torch.optim.Optimizer, c: Counters, train: list[Example],
-          dev: list[Example], refs: list[str] | None, info: dict, start: float, quiet: bool) -> TrainSummary:
+def _loop(
+    run: Run,
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    c: Counters,
+    train: list[Example],
+    dev: list[Example],
+    refs: list[str] | None,
+    info: dict,
+    start: float,
+    quiet: bool,
+) -> TrainSummary:
     cfg = run.train_cfg
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
     window_tokens, window_start = 0, time.time()
@@ -208,13 +234,23 @@ def _loop(run: Run, model: Seq2Seq, optimizer: torch.optim.Optimizer, c: Counter
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
             c.step, c.batch_in_epoch = c.step + 1, c.batch_in_epoch + 1
-            lr = learning_rate(cfg, c.step, _progress(cfg, c, epoch_progress, clock.elapsed()), c.plateau_scale)
+            lr = learning_rate(
+                cfg, c.step, _progress(cfg, c, epoch_progress, clock.elapsed()), c.plateau_scale
+            )
             loss = _train_step(model, optimizer, batch, cfg, lr)
             c.tokens, window_tokens = c.tokens + batch.n_tokens, window_tokens + batch.n_tokens
             if c.step % cfg.log_every == 0:
                 now = time.time()
-                _log_train(run, c, loss, lr, window_tokens / (now - window_start), clock.elapsed(),
-                           c.tokens / n_epoch_tokens, quiet)
+                _log_train(
+                    run,
+                    c,
+                    loss,
+                    lr,
+                    window_tokens / (now - window_start),
+                    clock.elapsed(),
+                    c.tokens / n_epoch_tokens,
+                    quiet,
+                )
                 window_tokens, window_start = 0, now
             if c.step % cfg.valid_every == 0:
                 began = time.time()
@@ -226,12 +262,21 @@ def _loop(run: Run, model: Seq2Seq, optimizer: torch.optim.Optimizer, c: Counter
     if c.step != saved_step or not (run.out_dir / "model.nmt").exists():
         _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet)
     best = c.best_bleu if c.best_bleu >= 0 else None
-    return TrainSummary(c.step, c.tokens / n_epoch_tokens, c.tokens, clock.elapsed(), best, c.best_step,
-                        stopped, run.out_dir / "model.nmt")
+    return TrainSummary(
+        c.step,
+        c.tokens / n_epoch_tokens,
+        c.tokens,
+        clock.elapsed(),
+        best,
+        c.best_step,
+        stopped,
+        run.out_dir / "model.nmt",
+    )
 
 
-def _train_step(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainConfig,
-                lr: float) -> float:
+def _train_step(
+    model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainConfig, lr: float
+) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss = token_loss(model, batch, cfg.label_smoothing)
@@ -243,20 +288,40 @@ def _train_step(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, 
     return loss.item() / batch.n_tokens
 
 
-def _log_train(run: Run, c: Counters, loss: float, lr: float, tok_s: float, wall: float, epochs: float,
-               quiet: bool) -> None:
-    record = {"kind": "train", "step": c.step, "epoch": round(epochs, 4), "wall": round(wall, 2),
-              "loss": round(loss, 4), "ppl": round(math.exp(min(loss, 50.0)), 2), "lr": lr,
-              "tok_s": round(tok_s, 1), "tokens": c.tokens}
+def _log_train(
+    run: Run, c: Counters, loss: float, lr: float, tok_s: float, wall: float, epochs: float, quiet: bool
+) -> None:
+    record = {
+        "kind": "train",
+        "step": c.step,
+        "epoch": round(epochs, 4),
+        "wall": round(wall, 2),
+        "loss": round(loss, 4),
+        "ppl": round(math.exp(min(loss, 50.0)), 2),
+        "lr": lr,
+        "tok_s": round(tok_s, 1),
+        "tokens": c.tokens,
+    }
     append_jsonl(run.out_dir / "log.jsonl", record)
     if not quiet:
-        console.print(f"step {c.step:>6} | epoch {epochs:5.2f} | loss {loss:6.3f} | ppl {record['ppl']:8.2f} | "
-                      f"lr {lr:.2e} | {tok_s:7.0f} tok/s | {wall:6.0f}s")
+        console.print(
+            f"step {c.step:>6} | epoch {epochs:5.2f} | loss {loss:6.3f} | ppl {record['ppl']:8.2f} | "
+            f"lr {lr:.2e} | {tok_s:7.0f} tok/s | {wall:6.0f}s"
+        )
 
 
-def _checkpoint(run: Run, model: Seq2Seq, optimizer: torch.optim.Optimizer, c: Counters,
-                dev: list[Example], refs: list[str] | None, info: dict, clock: _Clock, n_epoch_tokens: int,
-                quiet: bool) -> None:
+def _checkpoint(
+    run: Run,
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    c: Counters,
+    dev: list[Example],
+    refs: list[str] | None,
+    info: dict,
+    clock: _Clock,
+    n_epoch_tokens: int,
+    quiet: bool,
+) -> None:
     """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state."""
     cfg, out = run.train_cfg, run.out_dir
     v = validate(model, dev, run.subword, refs) if dev else None
@@ -266,16 +331,32 @@ def _checkpoint(run: Run, model: Seq2Seq, optimizer: torch.optim.Optimizer, c: C
         c.bad_validations = 0 if improved else c.bad_validations + 1
         if not improved and cfg.schedule == "plateau" and c.bad_validations % cfg.plateau_patience == 0:
             c.plateau_scale *= cfg.plateau_factor
-    facts = dict(info, step=c.step, epochs=round(c.tokens / n_epoch_tokens, 4), tokens=c.tokens,
-                 wall=round(clock.elapsed(), 1))
+    facts = dict(
+        info,
+        step=c.step,
+        epochs=round(c.tokens / n_epoch_tokens, 4),
+        tokens=c.tokens,
+        wall=round(clock.elapsed(), 1),
+    )
     if v is not None:
-        facts.update(dev_loss=round(v.loss, 4), dev_ppl=round(v.ppl, 2), dev_bleu=v.bleu, bleu_signature=v.signature)
-        record = {"kind": "valid", "step": c.step, "wall": facts["wall"], "dev_loss": facts["dev_loss"],
-                  "dev_ppl": facts["dev_ppl"], "dev_bleu": v.bleu, "best_bleu": max(c.best_bleu, 0.0)}
+        facts.update(
+            dev_loss=round(v.loss, 4), dev_ppl=round(v.ppl, 2), dev_bleu=v.bleu, bleu_signature=v.signature
+        )
+        record = {
+            "kind": "valid",
+            "step": c.step,
+            "wall": facts["wall"],
+            "dev_loss": facts["dev_loss"],
+            "dev_ppl": facts["dev_ppl"],
+            "dev_bleu": v.bleu,
+            "best_bleu": max(c.best_bleu, 0.0),
+        }
         append_jsonl(out / "log.jsonl", record)
         if not quiet:
             bleu = "" if v.bleu is None else f" | dev BLEU {v.bleu:5.2f}{' (best)' if improved else ''}"
-            console.print(f"[bold]validate[/] step {c.step} | dev loss {v.loss:.3f} | dev ppl {v.ppl:.2f}{bleu}")
+            console.print(
+                f"[bold]validate[/] step {c.step} | dev loss {v.loss:.3f} | dev ppl {v.ppl:.2f}{bleu}"
+            )
     save_model(out / "last.nmt", model, run.subword, facts)
     if improved:
         save_model(out / "model.nmt", model, run.subword, facts)
@@ -284,7 +365,14 @@ def _checkpoint(run: Run, model: Seq2Seq, optimizer: torch.optim.Optimizer, c: C
         for old in sorted(out.glob("step-*.nmt"), key=lambda p: int(p.stem[5:]))[: -cfg.keep_last]:
             old.unlink()
     c.wall = clock.elapsed()
-    save_trainer_state(out / "trainer_state.pt", {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "counters": asdict(c),
-        "torch_rng": torch.get_rng_state(), "model_config": to_json(run.model_cfg),
-        "train_config": to_json(cfg)})
+    save_trainer_state(
+        out / "trainer_state.pt",
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "counters": asdict(c),
+            "torch_rng": torch.get_rng_state(),
+            "model_config": to_json(run.model_cfg),
+            "train_config": to_json(cfg),
+        },
+    )

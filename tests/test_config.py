@@ -2,14 +2,31 @@
 
 import pytest
 
-from nmt_cli.config import (DataConfig, DecodeConfig, ModelConfig, SubwordConfig, TrainConfig, from_dict,
-                            from_json, preset, to_json, with_overrides)
+from nmt_cli.config import (
+    DataConfig,
+    DecodeConfig,
+    ModelConfig,
+    SubwordConfig,
+    TrainConfig,
+    from_dict,
+    from_json,
+    preset,
+    to_json,
+    with_overrides,
+)
 from nmt_cli.errors import ConfigError
 
 
-@pytest.mark.parametrize("config", [SubwordConfig(vocab_size=500), ModelConfig(attention="bahdanau"),
-                                    TrainConfig(schedule="cosine", epochs=2.5), DecodeConfig(beam_size=3),
-                                    DataConfig("a.en", "a.de", "d.en", "d.de")])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SubwordConfig(vocab_size=500),
+        ModelConfig(attention="bahdanau"),
+        TrainConfig(schedule="cosine", epochs=2.5),
+        DecodeConfig(beam_size=3),
+        DataConfig("a.en", "a.de", "d.en", "d.de"),
+    ],
+)
 def test_json_round_trip(config):
     assert from_json(type(config), to_json(config)) == config
 
@@ -19,16 +36,19 @@ def test_unknown_key_lists_valid_ones():
         from_dict(ModelConfig, {"atention": "dot"})
 
 
-@pytest.mark.parametrize("cls, kwargs, message", [
-    (ModelConfig, {"attention": "cosine"}, "valid: bahdanau, dot, general, scaled-dot"),
-    (ModelConfig, {"dropout": 1.0}, "dropout must be in"),
-    (ModelConfig, {"attention": "dot", "encoder_hidden": 100}, "dot attention needs"),
-    (ModelConfig, {"tie_embeddings": True}, "tie_embeddings needs"),
-    (TrainConfig, {"schedule": "exp"}, "valid: constant, inverse-sqrt"),
-    (TrainConfig, {"lr": float("nan")}, "lr must be"),
-    (DecodeConfig, {"beam_size": 0}, "beam_size must be at least 1"),
-    (DecodeConfig, {"beam_size": 2, "n_best": 3}, "n_best"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (ModelConfig, {"attention": "cosine"}, "valid: bahdanau, dot, general, scaled-dot"),
+        (ModelConfig, {"dropout": 1.0}, "dropout must be in"),
+        (ModelConfig, {"attention": "dot", "encoder_hidden": 100}, "dot attention needs"),
+        (ModelConfig, {"tie_embeddings": True}, "tie_embeddings needs"),
+        (TrainConfig, {"schedule": "exp"}, "valid: constant, inverse-sqrt"),
+        (TrainConfig, {"lr": float("nan")}, "lr must be"),
+        (DecodeConfig, {"beam_size": 0}, "beam_size must be at least 1"),
+        (DecodeConfig, {"beam_size": 2, "n_best": 3}, "n_best"),
+    ],
+)
 def test_bad_values_are_refused(cls, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         cls(**kwargs)

@@ -10,8 +10,15 @@ ATTENTIONS = ["bahdanau", "dot", "general", "scaled-dot"]
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    base = dict(vocab_size=40, emb_size=8, encoder_hidden=6, decoder_hidden=12, dropout=0.0,
-                encoder_layers=2, decoder_layers=2)
+    base = dict(
+        vocab_size=40,
+        emb_size=8,
+        encoder_hidden=6,
+        decoder_hidden=12,
+        dropout=0.0,
+        encoder_layers=2,
+        decoder_layers=2,
+    )
     return ModelConfig(**{**base, **overrides})
 
 

@@ -1,0 +1,70 @@
+"""Shared fixtures: a small slice of the embedded corpus and one tiny model trained on it once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt_cli.config import DataConfig, ModelConfig, SubwordConfig, TrainConfig
+from nmt_cli.subword import Subword, train_spm
+from nmt_cli.train import Run, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+def head(src: Path, dst: Path, n: int) -> Path:
+    with open(src, "rb") as f:
+        dst.write_bytes(b"".join(f.readline() for _ in range(n)))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> DataConfig:
+    """1,500 training pairs and 60 dev pairs from data/."""
+    d = tmp_path_factory.mktemp("corpus")
+    return DataConfig(
+        str(head(DATA / "train.en", d / "train.en", 1500)),
+        str(head(DATA / "train.de", d / "train.de", 1500)),
+        str(head(DATA / "dev.en", d / "dev.en", 60)),
+        str(head(DATA / "dev.de", d / "dev.de", 60)),
+    )
+
+
+@pytest.fixture(scope="session")
+def subword(corpus) -> Subword:
+    return Subword.from_bytes(train_spm([corpus.train_src, corpus.train_tgt], SubwordConfig(vocab_size=200)))
+
+
+def tiny_model_config(vocab_size: int, **overrides) -> ModelConfig:
+    base = dict(
+        vocab_size=vocab_size,
+        emb_size=64,
+        encoder_hidden=64,
+        decoder_hidden=128,
+        dropout=0.0,
+        input_feeding=False,
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, corpus, subword) -> Path:
+    """A tiny model trained for 150 steps: enough to produce real, varied output, not good output."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        lr=1e-2,
+        schedule="inverse-sqrt",
+        warmup_steps=20,
+        batch_tokens=1000,
+        max_steps=150,
+        valid_every=75,
+        log_every=10,
+        valid_max_sentences=20,
+    )
+    fit(Run(corpus, subword, tiny_model_config(subword.vocab_size), cfg, out), quiet=True)
+    return out / "model.nmt"

@@ -1,0 +1,75 @@
+"""model.nmt is one safetensors file that rebuilds the model without unpickling anything."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from nmt_cli.checkpoint import (
+    load_model,
+    load_subword,
+    load_trainer_state,
+    read_info,
+    save_model,
+    save_trainer_state,
+)
+from nmt_cli.errors import CheckpointError, InputError
+from nmt_cli.model import build_model
+from tests.conftest import tiny_model_config
+
+
+def test_model_file_is_plain_safetensors_with_config_and_subwords(trained, subword):
+    blob = trained.read_bytes()
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    assert header["__metadata__"]["format"] == "nmt-ckpt/1"
+    assert json.loads(header["__metadata__"]["config"])["vocab_size"] == subword.vocab_size
+    assert "__subword_model__" in header
+    assert b"\x80\x04" not in blob[:200]  # no pickle protocol marker where a pickle would start
+
+
+def test_load_needs_no_pickle(trained, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = load_model(trained)
+    assert not loaded.model.training
+    assert loaded.subword.vocab_size == loaded.config.vocab_size
+    assert loaded.info["step"] in (75, 150) and len(loaded.digest) == 8  # the best of two validations
+    assert load_model(trained.parent / "last.nmt").info["step"] == 150
+
+
+def test_round_trip_with_tied_weights(tmp_path, subword):
+    model = build_model(
+        tiny_model_config(subword.vocab_size, emb_size=128, tie_embeddings=True, share_embeddings=True)
+    )
+    save_model(tmp_path / "m.nmt", model, subword, {"note": "x"})
+    loaded = load_model(tmp_path / "m.nmt")
+    assert loaded.model.generator.weight is loaded.model.tgt_embedding.weight
+    for (name, a), b in zip(model.state_dict().items(), loaded.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    cfg, info, _ = read_info(tmp_path / "m.nmt")
+    assert cfg.tie_embeddings and info == {"note": "x"}
+
+
+def test_not_a_model_file(tmp_path):
+    junk = tmp_path / "junk.nmt"
+    junk.write_bytes(b"hello, I am not a model\n")
+    with pytest.raises(CheckpointError, match="not an nmt model file"):
+        load_model(junk)
+    with pytest.raises(InputError, match="no such model file"):
+        load_model(tmp_path / "missing.nmt")
+
+
+def test_subword_from_model_file(trained, subword):
+    assert load_subword(trained).encode("the dog sleeps .") == subword.encode("the dog sleeps .")
+
+
+def test_trainer_state_loads_with_weights_only(tmp_path):
+    state = {"counters": {"step": 3}, "rng": torch.get_rng_state(), "betas": (0.9, 0.999)}
+    save_trainer_state(tmp_path / "s.pt", state)
+    back = load_trainer_state(tmp_path / "s.pt")
+    assert back["counters"] == {"step": 3} and torch.equal(back["rng"], state["rng"])

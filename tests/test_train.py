@@ -1,0 +1,117 @@
+"""Training: losses fall, resume equals an uninterrupted run, budgets and limits stop it cleanly."""
+
+import json
+
+import pytest
+import torch
+
+from nmt_cli.checkpoint import load_model
+from nmt_cli.config import ModelConfig, TrainConfig
+from nmt_cli.data import collate, load_parallel
+from nmt_cli.errors import ConfigError
+from nmt_cli.model import build_model
+from nmt_cli.train import Run, fit, token_loss
+from tests.conftest import tiny_model_config
+
+FAST = dict(lr=5e-3, batch_tokens=400, log_every=2, valid_every=4, valid_max_sentences=8)
+
+
+def run_for(tmp_path, corpus, subword, name, model_cfg=None, **train):
+    cfg = TrainConfig(**{**FAST, **train})
+    model_cfg = model_cfg or tiny_model_config(subword.vocab_size)
+    return Run(corpus, subword, model_cfg, cfg, tmp_path / name)
+
+
+def weights(path):
+    return load_model(path).model.state_dict()
+
+
+def test_loss_falls_and_log_is_json_lines(tmp_path, corpus, subword):
+    run = run_for(tmp_path, corpus, subword, "a", max_steps=12)
+    summary = fit(run, quiet=True)
+    assert summary.steps == 12 and summary.stopped == "max-steps"
+    records = [json.loads(line) for line in (run.out_dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert [r["step"] for r in valid] == [4, 8, 12] and all("dev_bleu" in r for r in valid)
+    assert {p.name for p in run.out_dir.iterdir()} >= {
+        "model.nmt",
+        "last.nmt",
+        "trainer_state.pt",
+        "log.jsonl",
+    }
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, corpus, subword):
+    straight = run_for(
+        tmp_path,
+        corpus,
+        subword,
+        "straight",
+        max_steps=8,
+        schedule="inverse-sqrt",
+        warmup_steps=3,
+        label_smoothing=0.1,
+        model_cfg=tiny_model_config(subword.vocab_size, dropout=0.3),
+    )
+    fit(straight, quiet=True)
+    halves = straight._replace(
+        out_dir=tmp_path / "halves",
+        train_cfg=straight.train_cfg.__class__(**{**straight.train_cfg.__dict__, "max_steps": 4}),
+    )
+    fit(halves, quiet=True)
+    fit(halves._replace(train_cfg=straight.train_cfg), resume=True, quiet=True)
+    a, b = weights(straight.out_dir / "last.nmt"), weights(halves.out_dir / "last.nmt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_a_different_model(tmp_path, corpus, subword):
+    run = run_for(tmp_path, corpus, subword, "r", max_steps=4)
+    fit(run, quiet=True)
+    other = run._replace(model_cfg=tiny_model_config(subword.vocab_size, attention="bahdanau"))
+    with pytest.raises(ConfigError, match="model config differs in attention"):
+        fit(other, resume=True, quiet=True)
+
+
+def test_epoch_limit_and_no_dev_set(tmp_path, corpus, subword):
+    run = run_for(tmp_path, corpus, subword, "e", epochs=0.2, valid_every=1000)
+    run = run._replace(data=run.data.__class__(corpus.train_src, corpus.train_tgt))
+    summary = fit(run, quiet=True)
+    assert summary.stopped == "epochs" and 0.2 <= summary.epochs < 0.35
+    assert summary.best_bleu is None and (run.out_dir / "model.nmt").exists()
+
+
+def test_time_budget_stops_in_time(tmp_path, corpus, subword):
+    import time
+
+    start = time.time()
+    summary = fit(run_for(tmp_path, corpus, subword, "t", time_budget=4.0), start_time=start, quiet=True)
+    assert summary.stopped == "time-budget"
+    assert time.time() - start < 4.0 + 2.0  # the final validation and save fit inside the budget, roughly
+
+
+def test_a_limit_is_required(tmp_path, corpus, subword):
+    with pytest.raises(ConfigError, match="give a limit"):
+        fit(run_for(tmp_path, corpus, subword, "n"), quiet=True)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "general"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_loss_equals_per_token_cross_entropy(corpus, subword, attention, input_feeding):
+    # the output layer only on real tokens gives the same loss as the full (B, T, V) computation
+    cfg = tiny_model_config(subword.vocab_size, attention=attention, input_feeding=input_feeding)
+    model = build_model(cfg).eval()
+    examples, _ = load_parallel(corpus.dev_src, corpus.dev_tgt, subword, 100)
+    batch = collate(examples[:5])
+    full = model.log_probs(model.teacher_force(batch.src, batch.src_lengths, batch.tgt_in).hidden)
+    expected = torch.nn.functional.nll_loss(
+        full.transpose(1, 2), batch.tgt_out, ignore_index=0, reduction="sum"
+    )
+    assert torch.allclose(token_loss(model, batch), expected, rtol=1e-5)
+
+
+def test_model_config_vocab_must_match(subword):
+    assert isinstance(tiny_model_config(subword.vocab_size), ModelConfig)
