@@ -2,6 +2,12 @@
 
 Pure functions over numpy arrays and sets of links. A link is (i, j) = (source word, target word),
 written "i-j" in the Pharaoh format that fast_align and GIZA++ tools read.
+
+Pieces to words: a piece starting with '▁' starts a word (a lone '▁' opens the word of the piece
+after it), so the words are the line's whitespace tokens. Weights merge by summing over a source
+word's pieces and averaging over a target word's pieces (merge_subwords). SentencePiece normalises
+text first (NFKC), which can remove a token, e.g. a lone zero-width space: word_count_mismatch says
+when the pieces do not give one word per whitespace token, and such a line gets no word links.
 """
 
 from __future__ import annotations
@@ -133,6 +139,27 @@ def alignment_error_rate(
         a_and_p += len(a & (set(p) | s))
         n_a, n_s = n_a + len(a), n_s + len(s)
     return 0.0 if n_a + n_s == 0 else 1.0 - (a_and_s + a_and_p) / (n_a + n_s)
+
+
+def word_count_mismatch(pieces: Sequence[str], text: str) -> str | None:
+    """Why pieces cannot stand for text's whitespace tokens (different word counts), or None if they can."""
+    n_pieces, n_tokens = len(word_groups(pieces)), len(text.split())
+    if n_pieces == n_tokens:
+        return None
+    return f"its subword pieces form {n_pieces} words but it has {n_tokens} whitespace tokens"
+
+
+def check_links(
+    links: Iterable[tuple[int, int]], n_src: int, n_tgt: int, path: str | None = None, line: int | None = None
+) -> None:
+    """InputError naming path and line when a link points past the last source or target word."""
+    for i, j in sorted(links):
+        if i >= n_src or j >= n_tgt:
+            raise InputError(
+                f"alignment link {i}-{j} is outside the sentence pair ({n_src} source, {n_tgt} target words)",
+                path,
+                line,
+            )
 
 
 def _words(pieces: Sequence[str], groups: list[list[int]]) -> list[str]:

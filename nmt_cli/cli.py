@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nmt_cli import cmd_data, cmd_eval, cmd_train, cmd_translate
+from nmt_cli import cmd_analysis, cmd_data, cmd_eval, cmd_train, cmd_translate
 from nmt_cli.cli_base import reports_errors
 
 app = typer.Typer(
@@ -26,7 +26,9 @@ COMMANDS = [
     (app, "train", cmd_train.train),
     (app, "translate", cmd_translate.translate),
     (app, "evaluate", cmd_eval.evaluate),
-    (app, "attention", cmd_translate.attention),
+    (app, "align", cmd_analysis.align),
+    (app, "attention", cmd_analysis.attention),
+    (app, "curves", cmd_analysis.curves),
 ]
 for group, name, command in COMMANDS:
     group.command(name)(reports_errors(command))  # every command reports NmtError as one line

@@ -1,4 +1,4 @@
-"""`nmt translate` and `nmt attention`: a model file, lines in, results out."""
+"""`nmt translate`: a model file, lines in, results out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from nmt_cli.cli_base import set_threads, write_stdout
-from nmt_cli.errors import ConfigError, InputError
+from nmt_cli.errors import ConfigError
 
 FORMATS = ("text", "jsonl")
 
@@ -100,59 +100,3 @@ def translate(
             f"translated {count} lines in {seconds:.2f}s ({count / max(seconds, 1e-9):.1f} lines/s)",
             highlight=False,
         )
-
-
-def attention(
-    model: Path = typer.Option(..., "-m", "--model", help="A model.nmt file."),
-    sentence: str | None = typer.Argument(None, help="The source sentence (or use --input and --line)."),
-    input_file: Path | None = typer.Option(None, "--input", help="Take the sentence from this file."),
-    line: int = typer.Option(1, "--line", help="1-based line of --input."),
-    output: Path | None = typer.Option(
-        None, "-o", "--output", help="PNG, SVG or PDF; none: draw in the terminal."
-    ),
-    beam_size: int = typer.Option(1, "--beam-size", "-b", help="1 is greedy search."),
-    color: bool = typer.Option(
-        True, "--color/--no-color", help="Terminal heatmap in colour or shade characters."
-    ),
-) -> None:
-    """Draw the attention of one translation: source pieces across, target pieces down."""
-    from nmt_cli.checkpoint import load_model
-    from nmt_cli.console import setup_logging
-    from nmt_cli.textio import read_lines
-    from nmt_cli.translate import translate_lines
-
-    setup_logging()
-    if (sentence is None) == (input_file is None):
-        raise ConfigError("give either a sentence or --input FILE --line N")
-    if input_file is not None:
-        lines = read_lines(input_file)
-        if not 1 <= line <= len(lines):
-            raise InputError(f"line {line} is beyond the file's {len(lines)} lines", str(input_file), line)
-        sentence = lines[line - 1]
-    if not sentence or not sentence.strip():
-        raise InputError(
-            "the sentence is empty: nothing to align",
-            str(input_file) if input_file else None,
-            line if input_file else None,
-        )
-    loaded = load_model(model)
-    cfg = _decode_config(beam_size, 1.0, 1.5, 10, 1)
-    t = next(iter(translate_lines([[sentence]], loaded, cfg, with_attention=True)))
-    write_stdout(_show_attention(t, output, color))
-
-
-def _show_attention(t, output: Path | None, color: bool) -> str:  # noqa: ANN001
-    """Draw to a file (and name it) or render the heatmap as text for stdout."""
-    from nmt_cli import plot
-
-    rows = t.hyp_pieces + ["</s>"]
-    if output is not None:
-        plot.save_attention(t.attention, t.src_pieces, rows, output, title=t.hyp)
-        return f"{t.hyp}\n{output}\n"
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    Console(file=buffer, width=200, force_terminal=color, color_system="truecolor" if color else None).print(
-        plot.terminal_heatmap(t.attention, t.src_pieces, rows, color=color)
-    )
-    return f"{t.hyp}\n{buffer.getvalue()}"
