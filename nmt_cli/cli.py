@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nmt_cli import cmd_analysis, cmd_data, cmd_eval, cmd_train, cmd_translate
+from nmt_cli import cmd_analysis, cmd_data, cmd_eval, cmd_model, cmd_train, cmd_translate
 from nmt_cli.cli_base import reports_errors
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ COMMANDS = [
     (app, "align", cmd_analysis.align),
     (app, "attention", cmd_analysis.attention),
     (app, "curves", cmd_analysis.curves),
+    (app, "info", cmd_model.info),
+    (app, "tune", cmd_model.tune),
 ]
 for group, name, command in COMMANDS:
     group.command(name)(reports_errors(command))  # every command reports NmtError as one line
