@@ -104,11 +104,19 @@ def _paired_test(
     seed: int,
 ) -> Any:
     """metrics.significance with the first system as the baseline."""
+    from nmt_cli.console import console
     from nmt_cli.metrics import significance
 
     (baseline, base_lines), *others = systems.items()
     if not others:
         raise ConfigError("--significance needs at least two hypothesis files: the baseline first")
+    for name, lines in others:
+        if lines == base_lines:  # no difference at all: the test's p = 1 / (n + 1) would look significant
+            console.print(
+                f"nmt: warning: {name} is identical to the baseline {baseline}: its p-value means nothing",
+                markup=False,
+                highlight=False,
+            )
     return significance(
         base_lines,
         dict(others),

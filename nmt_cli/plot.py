@@ -56,9 +56,7 @@ def save_attention(
     """
     fmt = image_format(path)
     weights = check_attention(attention, src_tokens, tgt_tokens)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=attention_size(len(src_tokens), len(tgt_tokens)), dpi=DPI, layout="constrained")
+    fig = _figure(attention_size(len(src_tokens), len(tgt_tokens)))
     ax = fig.add_subplot()
     # vmax 1 keeps colours comparable between sentences; merged word-level weights may exceed it
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(1.0, float(weights.max())), aspect="auto")
@@ -104,9 +102,7 @@ def save_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     fmt = image_format(path)
     if not records:
         raise InputError("the training log has no records to plot")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=CURVES_SIZE, dpi=DPI, layout="constrained")
+    fig = _figure(CURVES_SIZE)
     axes = fig.subplots(len(_PANELS), len(_X_AXES), squeeze=False)
     for row, (ylabel, keys) in enumerate(_PANELS):
         for col, (x_key, xlabel) in enumerate(_X_AXES):
@@ -159,6 +155,16 @@ def image_format(path: str | Path) -> str:
 def attention_size(n_src: int, n_tgt: int) -> tuple[float, float]:
     """Figure (width, height) in inches: room for labels, colour bar and half an inch per token."""
     return 3.0 + 0.5 * n_src, 2.5 + 0.5 * n_tgt
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    """A Figure on the Agg canvas: no pyplot, no GUI backend, whatever MPLBACKEND says."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # savefig still switches to the SVG or PDF canvas for those formats
+    return fig
 
 
 def _write(fig: Figure, path: str | Path, fmt: str) -> None:

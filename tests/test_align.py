@@ -9,9 +9,11 @@ from nmt_cli.align import (
     Link,
     alignment_error_rate,
     alignment_from_attention,
+    check_links,
     format_pharaoh,
     merge_subwords,
     parse_pharaoh,
+    word_count_mismatch,
     word_groups,
 )
 from nmt_cli.errors import InputError
@@ -112,3 +114,22 @@ def test_aer_limits():
     assert alignment_error_rate([set()], [set()]) == 0.0
     with pytest.raises(InputError, match="2 sentences, but 1 sure"):
         alignment_error_rate([set(), set()], sure)
+
+
+def test_word_count_mismatch():
+    assert word_count_mismatch(["▁the", "▁do", "g"], "the  dog") is None  # any run of whitespace splits
+    assert word_count_mismatch([], "") is None
+    # NFKC drops a lone zero-width space: SentencePiece sees one word where str.split() sees two
+    expected = "its subword pieces form 1 words but it has 2 whitespace tokens"
+    assert word_count_mismatch(["▁x"], "\u200b x") == expected
+
+
+def test_check_links_names_the_line():
+    check_links({(0, 0), (2, 1)}, n_src=3, n_tgt=2)  # the last words on both sides: fine
+    with pytest.raises(InputError) as err:
+        check_links({(0, 0), (3, 1)}, n_src=3, n_tgt=2, path="gold.align", line=7)
+    assert str(err.value) == (
+        "gold.align:7: alignment link 3-1 is outside the sentence pair (3 source, 2 target words)"
+    )
+    with pytest.raises(InputError, match="link 0-2 is outside"):
+        check_links({(0, 2)}, n_src=1, n_tgt=2)
