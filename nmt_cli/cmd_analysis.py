@@ -106,7 +106,8 @@ def _read_gold(gold: Path, src: Path, src_lines: list[str], tgt_lines: list[str]
         raise InputError(
             f"{gold} has {len(gold_lines)} lines but {src} has {len(src_lines)}: "
             "gold alignments need one line per sentence pair",
-            str(gold),
+            str(gold if len(gold_lines) < len(src_lines) else src),
+            min(len(gold_lines), len(src_lines)) + 1,
         )
     sure = []
     for n, (line, s, t) in enumerate(zip(gold_lines, src_lines, tgt_lines, strict=True), start=1):

@@ -84,10 +84,9 @@ def _read_systems(paths: list[str], refs: list[Path]) -> tuple[dict[str, list[st
 
     if duplicates := sorted({p for p in paths if paths.count(p) > 1}):
         raise ConfigError(f"hypothesis file given twice: {', '.join(duplicates)}")
+    systems = {path: read_lines(path) for path in paths}
     ref_lines = [read_lines(r) for r in refs]
-    systems = {}
     for path in paths:
-        systems[path] = read_lines(path)
         check_inputs(systems[path], ref_lines, path, [str(r) for r in refs])
         for warning in warnings_for(systems[path], ref_lines):
             where = f"{path}: " if len(paths) > 1 else ""

@@ -240,3 +240,12 @@ def test_significance_checks_its_arguments():
         significance(BASE, {}, REFS)
     with pytest.raises(InputError, match="system 'short': 2 lines"):
         significance(BASE, {"short": CLOSE[:2]}, REFS)
+
+
+@pytest.mark.parametrize("method", ["bootstrap", "ar"])
+def test_a_system_identical_to_the_baseline_gets_one_over_n_plus_one(method):
+    # every resampled difference is 0, so none beats the real difference of 0: c = 0, p = 1 / (50 + 1)
+    result = significance(BASE, {"same": list(BASE)}, REFS, ["bleu"], method=method, n_samples=50, seed=3)
+    same = result.scores[1]
+    assert same.system == "same" and same.p_value == pytest.approx(1 / 51)
+    assert same.score == result.scores[0].score
