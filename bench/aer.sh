@@ -31,7 +31,7 @@ measure() {
         model="$OUT/$type/model.nmt"
         aer=$(nmt align -m "$model" --src data/test.en --tgt data/test.de --gold data/test.align \
             --threads 1 --json -o "$OUT/$type/test.forced.align" | "$PYTHON" -c \
-            'import json, sys; print(f"{json.load(sys.stdin)[\"aer\"]:.4f}")')
+            'import json, sys; print(format(json.load(sys.stdin)["aer"], ".4f"))')
         nmt translate -m "$model" -b 1 --threads 1 -q data/test.en -o "$OUT/$type/test.greedy.de"
         bleu=$(nmt evaluate -r data/test.de "$OUT/$type/test.greedy.de" --metrics bleu --score-only)
         printf '| %s | %s | %s |\n' "$type" "$aer" "$bleu"
