@@ -5,6 +5,10 @@ only extend with PAD at zero cost. The beam therefore ranks prefixes by raw log-
 k = 1 exactly greedy. Each sentence also keeps its k best finished hypotheses by length-normalised score,
 so one pushed out of the beam by likelier (but still unfinished) prefixes is not lost.
 
+Shortlists. A step model may score only some target pieces (the batch's union of per-sentence shortlists,
+Shortlist.vocab); search then conditions each row on its own sentence's list, log p(y | y in list), so a
+sentence's output never depends on which sentences share its batch.
+
 Stopping. A live row with raw log-prob R <= 0 finishes, if ever, with R' <= R at some length L <= cap.
 Both length penalties lp(L) grow with L, so its final score is R' / lp(L) <= R / lp(L) <= R / lp(cap).
 A sentence is therefore done when it holds k finished hypotheses and no live row's bound R / lp(cap)
@@ -20,35 +24,24 @@ import torch
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
+from nmt_cli.hypothesis import BOS, EOS, NEG_INF, PAD, UNK, History, Hypothesis, length_penalty
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3  # fixed by the subword module, which this layer may not import
-NEG_INF = float("-inf")
+__all__ = ["Hypothesis", "Shortlist", "StepModel", "beam_search", "greedy", "length_penalty", "search"]
 
 
-class Hypothesis(NamedTuple):
-    tokens: list[int]  # output ids, without BOS and EOS
-    score: float  # log_prob / length penalty: what hypotheses are ranked by
-    log_prob: float  # sum of token_log_probs
-    token_log_probs: list[float]  # one per output token, plus one for EOS when finished
-    attention: Tensor  # (len(token_log_probs), S_b) over the sentence's real source tokens
-    finished: bool  # ended with EOS; False when stopped by the length cap
+class Shortlist(NamedTuple):
+    """The output columns of one batch: vocab (V',) target ids, ascending, the special ids 0..3 first;
+    allowed (B, V') True where a column is in that sentence's own shortlist."""
+
+    vocab: Tensor
+    allowed: Tensor
 
 
 class StepModel(Protocol):
-    """All search needs from a model (Seq2Seq has it): one decoder step."""
+    """All search needs from a model (Seq2Seq has it): one decoder step, log_probs (N, V) or (N, V')."""
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput: ...
-
-
-def length_penalty(lengths: Tensor, cfg: DecodeConfig) -> Tensor:
-    """Divisor of a log-prob: len**alpha ("average") or ((5 + len) / 6)**alpha ("gnmt", Wu et al. 2016, §7).
-
-    lengths (N,) output tokens including EOS -> (N,) float
-    """
-    lengths = lengths.float()
-    base = lengths if cfg.length_penalty_type == "average" else (5.0 + lengths) / 6.0
-    return base.pow(cfg.length_penalty)
 
 
 def _max_lengths(src_lengths: Tensor, cfg: DecodeConfig) -> Tensor:
@@ -64,84 +57,65 @@ def _mask_log_probs(log_probs: Tensor, step: int, cfg: DecodeConfig) -> Tensor:
     return log_probs
 
 
-class _History(NamedTuple):
-    """What each row has output so far: tokens (N, t), their log-probs (N, t), attention (N, t, S)."""
-
-    tokens: Tensor
-    token_log_probs: Tensor
-    attention: Tensor
-
-    @staticmethod
-    def empty(rows: int, enc: EncoderOutput) -> _History:
-        device, S = enc.mask.device, enc.mask.size(1)
-        return _History(
-            torch.empty(rows, 0, dtype=torch.long, device=device),
-            torch.empty(rows, 0, device=device),
-            enc.memory.new_empty(rows, 0, S),
-        )
-
-    def select(self, index: Tensor) -> _History:
-        return _History(self.tokens[index], self.token_log_probs[index], self.attention[index])
-
-    def append(self, tokens: Tensor, token_log_probs: Tensor, attention: Tensor) -> _History:
-        """tokens (N,), token_log_probs (N,), attention (N, S) become step t."""
-        return _History(
-            torch.cat([self.tokens, tokens.unsqueeze(1)], 1),
-            torch.cat([self.token_log_probs, token_log_probs.unsqueeze(1)], 1),
-            torch.cat([self.attention, attention.unsqueeze(1)], 1),
-        )
-
-    def hypothesis(self, row: int, log_prob: Tensor, src_len: int, cfg: DecodeConfig) -> Hypothesis:
-        """Row `row` as a Hypothesis, its attention cut to the real source length src_len."""
-        tokens = self.tokens[row]
-        length = int((tokens != PAD).sum())  # PAD only ever follows EOS: this counts up to EOS, inclusive
-        finished = length > 0 and int(tokens[length - 1]) == EOS
-        score = log_prob / length_penalty(torch.tensor(length), cfg).to(log_prob.device)
-        attention = self.attention[row, :length, :src_len].clone()  # a copy, so the history can be freed
-        token_log_probs = self.token_log_probs[row, :length].tolist()
-        return Hypothesis(
-            tokens[: length - finished].tolist(),
-            float(score),
-            float(log_prob),
-            token_log_probs,
-            attention,
-            finished,
-        )
-
-
 class _Sentences(NamedTuple):
-    """The sentences still being searched: input row ids, source lengths, caps, all (B',)."""
+    """The sentences still being searched: input row ids, source lengths, caps (B',); allowed (B', V')."""
 
     ids: Tensor
     src_lengths: Tensor
     caps: Tensor
+    allowed: Tensor | None  # each sentence's shortlist over the step model's columns; None: all of V
 
     @staticmethod
-    def start(src_lengths: Tensor, cfg: DecodeConfig, device: torch.device) -> _Sentences:
+    def start(src_lengths: Tensor, cfg: DecodeConfig, device: torch.device, shortlist: Shortlist | None):
         src_lengths = src_lengths.to(device)
         ids = torch.arange(src_lengths.size(0), device=device)
-        return _Sentences(ids, src_lengths, _max_lengths(src_lengths, cfg))
+        allowed = None if shortlist is None else shortlist.allowed.to(device)
+        return _Sentences(ids, src_lengths, _max_lengths(src_lengths, cfg), allowed)
 
     def select(self, index: Tensor) -> _Sentences:
-        return _Sentences(self.ids[index], self.src_lengths[index], self.caps[index])
+        allowed = None if self.allowed is None else self.allowed[index]
+        return _Sentences(self.ids[index], self.src_lengths[index], self.caps[index], allowed)
+
+
+def _restrict(log_probs: Tensor, allowed: Tensor | None) -> Tensor:
+    """Each row conditioned on its sentence's shortlist: log p(y | y in list). (N, V'), allowed (N, V').
+
+    A row whose list is every column is left as it is: conditioning on the whole support changes nothing,
+    and skipping it keeps a shortlist of the full vocabulary bit-identical to no shortlist.
+    """
+    if allowed is None:
+        return log_probs
+    log_probs = log_probs.masked_fill(~allowed, NEG_INF)
+    norm = log_probs.logsumexp(dim=1, keepdim=True).masked_fill(allowed.all(dim=1, keepdim=True), 0.0)
+    return log_probs - norm
+
+
+def _token_ids(columns: Tensor, shortlist: Shortlist | None) -> Tensor:
+    """Target ids of step-model columns (N,); the special ids are their own columns in both cases."""
+    return columns if shortlist is None else shortlist.vocab.to(columns.device)[columns]
 
 
 @torch.inference_mode()
 def greedy(
-    model: StepModel, enc: EncoderOutput, src_lengths: Tensor, cfg: DecodeConfig
+    model: StepModel,
+    enc: EncoderOutput,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    shortlist: Shortlist | None = None,
 ) -> list[list[Hypothesis]]:
     """The most likely token at each step, up to each sentence's own cap.
 
     enc with B rows, src_lengths (B,) -> B one-hypothesis lists, in input order
     """
-    sents = _Sentences.start(src_lengths, cfg, enc.mask.device)
+    sents = _Sentences.start(src_lengths, cfg, enc.mask.device, shortlist)
     results: list[list[Hypothesis]] = [[] for _ in range(len(sents.ids))]
-    history, log_prob = _History.empty(len(sents.ids), enc), enc.memory.new_zeros(len(sents.ids))
+    history, log_prob = History.empty(len(sents.ids), enc), enc.memory.new_zeros(len(sents.ids))
     prev, state = torch.full_like(sents.ids, BOS), enc.state
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         out = model.decode_step(prev, state, enc)
-        step_log_prob, prev = _mask_log_probs(out.log_probs, t, cfg).max(dim=1)
-        log_prob = log_prob + step_log_prob
+        log_probs = _mask_log_probs(_restrict(out.log_probs, sents.allowed), t, cfg)
+        step_log_prob, columns = log_probs.max(dim=1)
+        prev, log_prob = _token_ids(columns, shortlist), log_prob + step_log_prob
         history = history.append(prev, step_log_prob, out.attention)
         state, done = out.state, (prev == EOS) | (sents.caps <= t + 1)
         for row in done.nonzero().flatten().tolist():
@@ -164,7 +138,7 @@ def greedy(
 class _Beam(NamedTuple):
     """k rows per sentence (N = B' * k): history, raw log-prob (N,), finished (N,)."""
 
-    history: _History
+    history: History
     log_prob: Tensor
     finished: Tensor
 
@@ -174,7 +148,7 @@ class _Beam(NamedTuple):
         log_prob = enc.memory.new_full((sentences, k), NEG_INF)
         log_prob[:, 0] = 0.0
         finished = torch.zeros(sentences * k, dtype=torch.bool, device=log_prob.device)
-        return _Beam(_History.empty(sentences * k, enc), log_prob.view(-1), finished)
+        return _Beam(History.empty(sentences * k, enc), log_prob.view(-1), finished)
 
     def select(self, index: Tensor) -> _Beam:
         return _Beam(self.history.select(index), self.log_prob[index], self.finished[index])
@@ -183,116 +157,136 @@ class _Beam(NamedTuple):
 def _candidate_log_probs(log_probs: Tensor, finished: Tensor, step: int, cfg: DecodeConfig) -> Tensor:
     """What each row may extend with, in place: log_probs (N, V), finished (N,) -> (N, V)."""
     log_probs = _mask_log_probs(log_probs, step, cfg)
-    log_probs[finished] = NEG_INF  # a finished row stays in the beam ...
-    log_probs[finished, PAD] = 0.0  # ... and can only extend with PAD, for free
+    if finished.any():
+        log_probs[finished] = NEG_INF  # a finished row stays in the beam ...
+        log_probs[finished, PAD] = 0.0  # ... and can only extend with PAD, for free
     return log_probs
 
 
-def _top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Best k continuations per sentence, over all its rows at once.
+class _Choice(NamedTuple):
+    """The k best continuations of each sentence: parent rows, columns, raw log-probs, all (B'*k,)."""
 
-    scores (B'*k, V) raw log-probs -> parent rows (B'*k,), tokens (B'*k,), raw log-probs (B'*k,)
-    """
+    parents: Tensor
+    columns: Tensor
+    log_prob: Tensor
+
+
+def _top_k(scores: Tensor, k: int) -> _Choice:
+    """Best k continuations per sentence, over all its rows at once: scores (B'*k, V) raw log-probs."""
     V = scores.size(1)
     best, flat = scores.view(-1, k * V).topk(k, dim=1)  # per sentence: never depends on batch-mates
     first_row = torch.arange(best.size(0), device=scores.device).unsqueeze(1) * k
-    return (first_row + flat // V).flatten(), (flat % V).flatten(), best.flatten()
+    return _Choice((first_row + flat // V).flatten(), (flat % V).flatten(), best.flatten())
 
 
-def _advance(
-    beam: _Beam, parents: Tensor, tokens: Tensor, log_prob: Tensor, candidates: Tensor, attention: Tensor
-) -> _Beam:
-    """Row i continues row parents[i] with tokens[i]; candidates (N, V), attention (N, S)."""
-    history = beam.history.select(parents).append(tokens, candidates[parents, tokens], attention[parents])
-    return _Beam(history, log_prob, beam.finished[parents] | (tokens == EOS))
+def _advance(beam: _Beam, choice: _Choice, tokens: Tensor, candidates: Tensor, attention: Tensor) -> _Beam:
+    """Row i continues row choice.parents[i] with tokens[i]; candidates (N, V), attention (N, S)."""
+    parents = choice.parents
+    token_log_probs = candidates[parents, choice.columns]
+    history = beam.history.select(parents).append(tokens, token_log_probs, attention[parents])
+    return _Beam(history, choice.log_prob, beam.finished[parents] | (tokens == EOS))
 
 
-def _keep_finished(
-    beam: _Beam, new: Tensor, sents: _Sentences, kept: list[list[Hypothesis]], k: int, cfg: DecodeConfig
-) -> None:
-    """Add rows that just emitted EOS (new (N,)) to their sentence's k best finished hypotheses, in kept."""
-    for row in (new & beam.log_prob.isfinite()).nonzero().flatten().tolist():
-        b = row // k
-        best = kept[int(sents.ids[b])]
-        hyp = beam.history.hypothesis(row, beam.log_prob[row], int(sents.src_lengths[b]), cfg)
-        if len(best) < k or hyp.score > best[-1].score:
-            best.append(hyp)
-            best.sort(key=lambda h: h.score, reverse=True)  # stable: earlier finds win ties
-            del best[k:]
+class _Finished:
+    """Each input sentence's k best finished hypotheses by normalised score, best first."""
+
+    def __init__(self, sentences: int, k: int, cfg: DecodeConfig):
+        self.best: list[list[Hypothesis]] = [[] for _ in range(sentences)]
+        self.k, self.cfg = k, cfg
+
+    def add(self, beam: _Beam, sents: _Sentences, step: int) -> None:
+        """Rows that emitted EOS at this step enter their sentence's k best if they score high enough."""
+        new = (beam.history.tokens[:, -1] == EOS) & beam.log_prob.isfinite()
+        rows = new.nonzero().flatten()
+        if not len(rows):
+            return
+        # every new one has step + 1 tokens (EOS included): score them at once, build only those kept
+        scores = beam.log_prob[rows] / length_penalty(torch.full_like(rows, step + 1), self.cfg)
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+            b = row // self.k
+            best = self.best[int(sents.ids[b])]
+            if len(best) < self.k or score > best[-1].score:
+                src_len = int(sents.src_lengths[b])
+                best.append(beam.history.hypothesis(row, beam.log_prob[row], src_len, self.cfg))
+                best.sort(key=lambda h: h.score, reverse=True)  # stable: earlier finds win ties
+                del best[self.k :]
+
+    def kth_score(self, sentence: int) -> float:
+        best = self.best[sentence]
+        return best[-1].score if len(best) >= self.k else NEG_INF
+
+    def n_best(self, beam: _Beam, b: int, sents: _Sentences) -> list[Hypothesis]:
+        """Sentence b's cfg.n_best best finished hypotheses, filled up with its best unfinished rows."""
+        k, n = self.k, self.cfg.n_best
+        best = self.best[int(sents.ids[b])][:n]
+        if len(best) < n:
+            rows = [r for r in range(b * k, b * k + k) if not beam.finished[r]]
+            rows = [r for r in rows if math.isfinite(beam.log_prob[r])]
+            src_len = int(sents.src_lengths[b])
+            unfinished = [beam.history.hypothesis(r, beam.log_prob[r], src_len, self.cfg) for r in rows]
+            best = best + sorted(unfinished, key=lambda h: h.score, reverse=True)[: n - len(best)]
+        return best
 
 
-def _sentences_done(
-    beam: _Beam, sents: _Sentences, kept: list[list[Hypothesis]], step: int, k: int, cfg: DecodeConfig
-) -> Tensor:
+def _sentences_done(beam: _Beam, sents: _Sentences, finished: _Finished, step: int) -> Tensor:
     """(B',) True at the cap, or where no live row's bound R / lp(cap) beats the k-th kept hypothesis."""
+    k = finished.k
     live = ~beam.finished & beam.log_prob.isfinite()
-    bound = beam.log_prob / length_penalty(sents.caps.repeat_interleave(k), cfg)
+    bound = beam.log_prob / length_penalty(sents.caps.repeat_interleave(k), finished.cfg)
     best_live = torch.where(live, bound, NEG_INF).view(-1, k).amax(dim=1)
-    kth = [kept[i][-1].score if len(kept[i]) >= k else NEG_INF for i in sents.ids.tolist()]
+    kth = [finished.kth_score(i) for i in sents.ids.tolist()]
     return (best_live <= best_live.new_tensor(kth)) | (sents.caps <= step + 1)
-
-
-def _n_best(
-    beam: _Beam, b: int, sents: _Sentences, kept: list[list[Hypothesis]], k: int, cfg: DecodeConfig
-) -> list[Hypothesis]:
-    """Sentence b's cfg.n_best best finished hypotheses, filled up with its best unfinished rows."""
-    best = kept[int(sents.ids[b])][: cfg.n_best]
-    if len(best) < cfg.n_best:
-        rows = [
-            r for r in range(b * k, b * k + k) if not beam.finished[r] and math.isfinite(beam.log_prob[r])
-        ]
-        src_len = int(sents.src_lengths[b])
-        unfinished = [beam.history.hypothesis(r, beam.log_prob[r], src_len, cfg) for r in rows]
-        best = best + sorted(unfinished, key=lambda h: h.score, reverse=True)[: cfg.n_best - len(best)]
-    return best
 
 
 @torch.inference_mode()
 def beam_search(
-    model: StepModel, enc: EncoderOutput, src_lengths: Tensor, cfg: DecodeConfig
+    model: StepModel,
+    enc: EncoderOutput,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    shortlist: Shortlist | None = None,
 ) -> list[list[Hypothesis]]:
     """Fixed-shape beam search with length normalisation and per-sentence caps.
 
     enc with B rows, src_lengths (B,) -> B lists of cfg.n_best hypotheses, best first, in input order
     """
     k = cfg.beam_size
-    sents = _Sentences.start(src_lengths, cfg, enc.mask.device)
-    kept: list[list[Hypothesis]] = [[] for _ in range(len(sents.ids))]  # k best finished, by score
+    sents = _Sentences.start(src_lengths, cfg, enc.mask.device, shortlist)
+    finished = _Finished(len(sents.ids), k, cfg)
     results: list[list[Hypothesis]] = [[] for _ in range(len(sents.ids))]
     enc = enc.repeat_interleave(k)  # once: the k rows of a sentence share it, select only reorders state
     beam, state = _Beam.start(len(sents.ids), k, enc), enc.state
     prev = torch.full_like(beam.finished, BOS, dtype=torch.long)
+    allowed = None if sents.allowed is None else sents.allowed.repeat_interleave(k, dim=0)
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         out = model.decode_step(prev, state, enc)
-        candidates = _candidate_log_probs(out.log_probs, beam.finished, t, cfg)
-        parents, prev, log_prob = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
-        beam = _advance(beam, parents, prev, log_prob, candidates, out.attention)
-        state = out.state.select(parents)
-        _keep_finished(beam, prev == EOS, sents, kept, k, cfg)
-        done = _sentences_done(beam, sents, kept, t, k, cfg)
+        candidates = _candidate_log_probs(_restrict(out.log_probs, allowed), beam.finished, t, cfg)
+        choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
+        prev = _token_ids(choice.columns, shortlist)
+        beam = _advance(beam, choice, prev, candidates, out.attention)
+        state = out.state.select(choice.parents)
+        finished.add(beam, sents, t)
+        done = _sentences_done(beam, sents, finished, t)
         for b in done.nonzero().flatten().tolist():
-            results[int(sents.ids[b])] = _n_best(beam, b, sents, kept, k, cfg)
+            results[int(sents.ids[b])] = finished.n_best(beam, b, sents)
         if done.all():
             break
         if done.any():  # finished sentences leave the batch: nothing is computed for them any more
             live = (~done).nonzero().flatten()
             rows = (live.unsqueeze(1) * k + torch.arange(k, device=live.device)).flatten()
-            beam, state, enc, prev, sents = (
-                beam.select(rows),
-                state.select(rows),
-                enc.select(rows),
-                prev[rows],
-                sents.select(live),
-            )
+            beam, state, enc, prev = beam.select(rows), state.select(rows), enc.select(rows), prev[rows]
+            sents = sents.select(live)
+            allowed = None if allowed is None else allowed[rows]
     return results
 
 
 def search(
-    model: StepModel, enc: EncoderOutput, src_lengths: Tensor, cfg: DecodeConfig
+    model: StepModel,
+    enc: EncoderOutput,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    shortlist: Shortlist | None = None,
 ) -> list[list[Hypothesis]]:
     """Greedy for beam_size 1, beam search otherwise; enc with B rows -> B n-best lists in input order."""
-    return (
-        greedy(model, enc, src_lengths, cfg)
-        if cfg.beam_size == 1
-        else beam_search(model, enc, src_lengths, cfg)
-    )
+    run = greedy if cfg.beam_size == 1 else beam_search
+    return run(model, enc, src_lengths, cfg, shortlist)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from nmt_cli.config import DecodeConfig, ModelConfig
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput, build_model
-from nmt_cli.search import Hypothesis, beam_search, greedy, length_penalty, search
+from nmt_cli.search import Hypothesis, Shortlist, beam_search, greedy, length_penalty, search
 
 PAD, UNK, BOS, EOS, A, B = 0, 1, 2, 3, 4, 5
 V = 6
@@ -278,6 +278,71 @@ def test_caps_are_per_sentence() -> None:
 def test_toy_batch_keeps_input_order() -> None:
     out = run_toy(SCRIPT, decode_cfg(beam=2), src_lengths=(2, 5, 1))
     assert [nbest[0].attention.shape[1] for nbest in out] == [2, 5, 1]
+
+
+class ColumnsDecoder:
+    """A step model scoring only the columns `vocab`, renormalised over them, as a cut output layer does."""
+
+    def __init__(self, decoder: ScriptedDecoder, vocab: list[int]):
+        self.decoder, self.vocab = decoder, torch.tensor(vocab)
+
+    def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
+        out = self.decoder.decode_step(prev_tokens, state, enc)
+        return out._replace(log_probs=out.log_probs[:, self.vocab].log_softmax(dim=1))
+
+
+def shortlisted(vocab: list[int], allowed: list[list[int]]) -> Shortlist:
+    """A Shortlist over `vocab` columns where sentence b may use the target ids allowed[b]."""
+    mask = torch.tensor([[v in ids for v in vocab] for ids in allowed])
+    return Shortlist(torch.tensor(vocab), mask)
+
+
+SPECIALS = [PAD, UNK, BOS, EOS]
+ONLY_A, ONLY_B = SPECIALS + [A], SPECIALS + [B]
+# SCRIPT with sentence 0 restricted to a, sentence 1 to b (each conditioned on its own list):
+#   0: step 0 a (0.6 / 0.6 = 1), step 1 eos 0.4 / (0.4 + 0.3) = 4/7, a 3/7  -> greedy "a" 4/7
+#   1: step 0 b (0.4 / 0.4 = 1), step 1 eos 0.9 / (0.9 + 0.05) = 18/19      -> greedy "b" 18/19
+# beam 2 for sentence 0: only "a" at step 0; then "a eos" 4/7 and "a a" 3/7, which ends "a a eos" 3/7
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_each_sentence_is_conditioned_on_its_own_shortlist(beam: int) -> None:
+    enc, lengths = toy_encoding([3, 3])
+    cfg = decode_cfg(beam=beam)
+    both = search(ScriptedDecoder(SCRIPT), enc, lengths, cfg, shortlisted(list(range(V)), [ONLY_A, ONLY_B]))
+    assert_hyp(both[0][0], [A], 4 / 7, math.log(4 / 7))
+    assert_hyp(both[1][0], [B], 18 / 19, math.log(18 / 19))
+    # alone, each batch's union is the sentence's own list: column 4 is a in one and b in the other
+    for b, ids in enumerate((ONLY_A, ONLY_B)):
+        enc, lengths = toy_encoding([3])
+        [alone] = search(
+            ColumnsDecoder(ScriptedDecoder(SCRIPT), ids), enc, lengths, cfg, shortlisted(ids, [ids])
+        )
+        assert alone[0].tokens == both[b][0].tokens
+        assert alone[0].log_prob == pytest.approx(both[b][0].log_prob, abs=1e-6)
+
+
+def test_beam_with_a_shortlist() -> None:
+    enc, lengths = toy_encoding([3])
+    cfg = decode_cfg(beam=2, n_best=2)
+    [nbest] = search(
+        ColumnsDecoder(ScriptedDecoder(SCRIPT), ONLY_A), enc, lengths, cfg, shortlisted(ONLY_A, [ONLY_A])
+    )
+    assert_hyp(nbest[0], [A], 4 / 7, math.log(4 / 7))
+    assert_hyp(nbest[1], [A, A], 3 / 7, math.log(3 / 7))
+
+
+def test_a_full_shortlist_changes_nothing() -> None:
+    # every column allowed: the same hypotheses, bit for bit, as without a shortlist
+    for beam in (1, 2):
+        cfg = decode_cfg(beam=beam, n_best=beam)
+        enc, lengths = toy_encoding([3, 2])
+        plain = search(ScriptedDecoder(SCRIPT), enc, lengths, cfg)
+        full = search(
+            ScriptedDecoder(SCRIPT), enc, lengths, cfg, shortlisted(list(range(V)), [list(range(V))] * 2)
+        )
+        for p, f in zip(plain, full, strict=True):
+            assert all(same(x, y) for x, y in zip(p, f, strict=True))
 
 
 # --- a tiny real model: equivalences ---------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""What search returns, and the per-row history it builds a Hypothesis from."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from nmt_cli.config import DecodeConfig
+from nmt_cli.model import EncoderOutput
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3  # fixed by the subword module, which this layer may not import
+NEG_INF = float("-inf")
+
+
+class Hypothesis(NamedTuple):
+    tokens: list[int]  # output ids, without BOS and EOS
+    score: float  # log_prob / length penalty: what hypotheses are ranked by
+    log_prob: float  # sum of token_log_probs
+    token_log_probs: list[float]  # one per output token, plus one for EOS when finished
+    attention: Tensor  # (len(token_log_probs), S_b) over the sentence's real source tokens
+    finished: bool  # ended with EOS; False when stopped by the length cap
+
+
+def length_penalty(lengths: Tensor, cfg: DecodeConfig) -> Tensor:
+    """Divisor of a log-prob: len**alpha ("average") or ((5 + len) / 6)**alpha ("gnmt", Wu et al. 2016, §7).
+
+    lengths (N,) output tokens including EOS -> (N,) float
+    """
+    lengths = lengths.float()
+    base = lengths if cfg.length_penalty_type == "average" else (5.0 + lengths) / 6.0
+    return base.pow(cfg.length_penalty)
+
+
+class History(NamedTuple):
+    """What each row has output so far: tokens (N, t), their log-probs (N, t), attention (N, t, S)."""
+
+    tokens: Tensor
+    token_log_probs: Tensor
+    attention: Tensor
+
+    @staticmethod
+    def empty(rows: int, enc: EncoderOutput) -> History:
+        device, S = enc.mask.device, enc.mask.size(1)
+        return History(
+            torch.empty(rows, 0, dtype=torch.long, device=device),
+            torch.empty(rows, 0, device=device),
+            enc.memory.new_empty(rows, 0, S),
+        )
+
+    def select(self, index: Tensor) -> History:
+        return History(self.tokens[index], self.token_log_probs[index], self.attention[index])
+
+    def append(self, tokens: Tensor, token_log_probs: Tensor, attention: Tensor) -> History:
+        """tokens (N,), token_log_probs (N,), attention (N, S) become step t."""
+        return History(
+            torch.cat([self.tokens, tokens.unsqueeze(1)], 1),
+            torch.cat([self.token_log_probs, token_log_probs.unsqueeze(1)], 1),
+            torch.cat([self.attention, attention.unsqueeze(1)], 1),
+        )
+
+    def hypothesis(self, row: int, log_prob: Tensor, src_len: int, cfg: DecodeConfig) -> Hypothesis:
+        """Row `row` as a Hypothesis, its attention cut to the real source length src_len."""
+        tokens = self.tokens[row]
+        length = int((tokens != PAD).sum())  # PAD only ever follows EOS: this counts up to EOS, inclusive
+        finished = length > 0 and int(tokens[length - 1]) == EOS
+        score = log_prob / length_penalty(torch.tensor(length), cfg).to(log_prob.device)
+        attention = self.attention[row, :length, :src_len].clone()  # a copy, so the history can be freed
+        token_log_probs = self.token_log_probs[row, :length].tolist()
+        return Hypothesis(
+            tokens[: length - finished].tolist(),
+            float(score),
+            float(log_prob),
+            token_log_probs,
+            attention,
+            finished,
+        )
