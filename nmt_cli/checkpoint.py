@@ -26,6 +26,7 @@ from nmt_cli.textio import atomic_write
 
 FORMAT = "nmt-ckpt/1"
 SPM_KEY = "__subword_model__"
+EXTRA_PREFIX = "__extra__."  # tensors that are not weights, e.g. a shortlist table; the model ignores them
 
 
 class LoadedModel(NamedTuple):
@@ -34,6 +35,7 @@ class LoadedModel(NamedTuple):
     subword: Subword
     info: dict[str, Any]  # training facts: steps, dev scores, data hashes, versions
     digest: str  # first 8 hex digits of the file's sha256, for decoding signatures
+    extras: dict[str, torch.Tensor] = {}  # non-weight tensors by name (never mutated: a shared default)
 
 
 def _unique_tensors(model: Seq2Seq) -> dict[str, torch.Tensor]:
@@ -56,10 +58,16 @@ def _tied_aliases(model: Seq2Seq, saved: dict[str, torch.Tensor]) -> set[str]:
     return {name for names in by_storage.values() if any(n in saved for n in names) for name in names}
 
 
-def model_bytes(model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None) -> bytes:
-    """Serialise a model, its config and its subword model into safetensors bytes."""
+def model_bytes(
+    model: Seq2Seq,
+    subword: Subword,
+    info: dict[str, Any] | None = None,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> bytes:
+    """Serialise a model, its config, its subword model and any extra tensors into safetensors bytes."""
     tensors = _unique_tensors(model)
     tensors[SPM_KEY] = torch.frombuffer(bytearray(subword.to_bytes()), dtype=torch.uint8)
+    tensors.update({EXTRA_PREFIX + name: t.contiguous() for name, t in (extras or {}).items()})
     metadata = {
         "format": FORMAT,
         "config": to_json(model.cfg),
@@ -70,10 +78,14 @@ def model_bytes(model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = 
 
 
 def save_model(
-    path: str | Path, model: Seq2Seq, subword: Subword, info: dict[str, Any] | None = None
+    path: str | Path,
+    model: Seq2Seq,
+    subword: Subword,
+    info: dict[str, Any] | None = None,
+    extras: dict[str, torch.Tensor] | None = None,
 ) -> None:
     with atomic_write(path) as f:
-        f.write(model_bytes(model, subword, info))
+        f.write(model_bytes(model, subword, info, extras))
 
 
 def _read_header(blob: bytes, path: str) -> dict[str, str]:
@@ -107,6 +119,11 @@ def load_model(path: str | Path) -> LoadedModel:
     except (SafetensorError, KeyError, ConfigError, ValueError) as e:
         raise CheckpointError(f"damaged model file: {e}", path) from None
     subword = Subword.from_bytes(tensors.pop(SPM_KEY).numpy().tobytes())
+    extras = {
+        name[len(EXTRA_PREFIX) :]: tensors.pop(name)
+        for name in list(tensors)
+        if name.startswith(EXTRA_PREFIX)
+    }
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [name for name in missing if name not in _tied_aliases(model, tensors)]
@@ -115,9 +132,8 @@ def load_model(path: str | Path) -> LoadedModel:
             f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}", path
         )
     model.eval()
-    return LoadedModel(
-        model, cfg, subword, json.loads(metadata.get("info", "{}")), hashlib.sha256(blob).hexdigest()[:8]
-    )
+    info = json.loads(metadata.get("info", "{}"))
+    return LoadedModel(model, cfg, subword, info, hashlib.sha256(blob).hexdigest()[:8], extras)
 
 
 def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:

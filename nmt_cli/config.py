@@ -147,9 +147,11 @@ class DecodeConfig:
     max_len_b: int = 10
     n_best: int = 1
     ban_unk: bool = False
+    shortlist: int = 0  # target pieces per source piece from the model's lexical table; 0: full vocabulary
 
     def __post_init__(self) -> None:
         _at_least("beam_size", self.beam_size, 1)
+        _at_least("shortlist", self.shortlist, 0)
         _at_least("n_best", self.n_best, 1)
         if self.n_best > self.beam_size:
             raise ConfigError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.model import PAD, Seq2Seq
+from nmt_cli.quantize import restrict_rows
 from nmt_cli.search import Hypothesis, search
+from nmt_cli.shortlist import LexicalTable, batch_shortlist, with_output_layer
+
+
+class ShortlistSetting(NamedTuple):
+    lex: LexicalTable
+    k: int  # table entries per source piece to use (at most the table's width)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -29,14 +37,28 @@ def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[i
 
 @torch.inference_mode()
 def decode_ids(
-    model: Seq2Seq, src_ids: Sequence[Sequence[int]], cfg: DecodeConfig, batch_size: int = 64
+    model: Seq2Seq,
+    src_ids: Sequence[Sequence[int]],
+    cfg: DecodeConfig,
+    batch_size: int = 64,
+    shortlist: ShortlistSetting | None = None,
 ) -> list[list[Hypothesis]]:
-    """One n-best list per non-empty source, in input order; search is batch-invariant, so sorting is safe."""
+    """One n-best list per non-empty source, in input order; search is batch-invariant, so sorting is safe.
+
+    With a shortlist, each batch's output layer covers only the union of its sentences' shortlists.
+    """
     assert all(src_ids), "empty sources are skipped by the caller"
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     for chunk in length_sorted_chunks([len(s) for s in src_ids], batch_size):
-        src, lengths = pad_batch([src_ids[i] for i in chunk])
+        batch = [src_ids[i] for i in chunk]
+        src, lengths = pad_batch(batch)
         enc = model.encode(src, lengths)
-        for i, nbest in zip(chunk, search(model, enc, lengths, cfg), strict=True):
+        if shortlist is None:
+            nbests = search(model, enc, lengths, cfg)
+        else:
+            columns = batch_shortlist(batch, shortlist.lex, shortlist.k)
+            cut = with_output_layer(model, restrict_rows(model.generator, columns.vocab))
+            nbests = search(cut, enc, lengths, cfg, columns)
+        for i, nbest in zip(chunk, nbests, strict=True):
             results[i] = nbest
     return results

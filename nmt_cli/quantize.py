@@ -1,0 +1,94 @@
+"""int8 dynamic quantization for CPU decoding, and output layers cut down to a shortlist's rows.
+
+Dynamic quantization stores LSTM and Linear weights as int8 once and quantizes activations on each
+call (Jacob et al. 2018). Every nn.LSTM and nn.Linear is converted, the decoder's one-step LSTM calls
+included: on 2 AVX2 cores both the step's LSTM and its 8000-way output layer run several times faster.
+Linear weights get one scale per output row, so a shortlist can take a subset of rows without
+requantizing: a cut int8 layer gives exactly the scores the full one gives for those rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.ao.nn.quantized import dynamic as qdynamic
+from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+from nmt_cli.model import Seq2Seq
+
+
+def int8_dynamic(model: Seq2Seq) -> Seq2Seq:
+    """The same model with int8 LSTM and Linear layers, converted in place; for decoding on CPU."""
+    names = _called_as_modules(model)
+    qconfig = {
+        n: per_channel_dynamic_qconfig if n in names[nn.Linear] else default_dynamic_qconfig
+        for n in names[nn.Linear] + names[nn.LSTM]
+    }
+    with warnings.catch_warnings():
+        # torch marks torch.ao.quantization deprecated in favour of torchao, which is not a dependency
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model.eval(), qconfig, dtype=torch.qint8, inplace=True)
+
+
+@torch.inference_mode()
+def _called_as_modules(model: Seq2Seq) -> dict[type, list[str]]:
+    """Names of the LSTM and Linear layers that encode and decode_step call, found by running one step.
+
+    Only a layer that the model calls can be swapped for an int8 one: a layer whose weight tensors the
+    model reads itself (a hand-stepped LSTM cell, say) must stay as it is.
+    """
+    called: dict[type, list[str]] = {nn.Linear: [], nn.LSTM: []}
+    hooks = [
+        module.register_forward_pre_hook(lambda *_, name=name, kind=kind: called[kind].append(name))
+        for name, module in model.named_modules()
+        for kind in (nn.Linear, nn.LSTM)
+        if type(module) is kind
+    ]
+    try:
+        src = torch.full((1, 2), 4, dtype=torch.long)  # any two real (non-special) ids
+        enc = model.eval().encode(src, torch.tensor([2]))
+        model.decode_step(torch.tensor([2]), enc.state, enc)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {kind: sorted(set(names)) for kind, names in called.items()}
+
+
+def is_int8(model: nn.Module) -> bool:
+    """True when any layer of the model was quantized by int8_dynamic."""
+    return any(isinstance(m, (qdynamic.Linear, qdynamic.LSTM)) for m in model.modules())
+
+
+def restrict_rows(linear: nn.Module, rows: Tensor) -> nn.Module:
+    """A Linear layer computing only output rows `rows` (V',): x (..., H) -> (..., V'); fp32 or int8."""
+    if isinstance(linear, qdynamic.Linear):
+        return _int8_rows(linear, rows)
+    cut = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
+    with torch.no_grad():
+        cut.weight.copy_(linear.weight.index_select(0, rows))
+        if linear.bias is not None:
+            cut.bias.copy_(linear.bias.index_select(0, rows))
+    return cut.eval()
+
+
+def _int8_rows(linear: qdynamic.Linear, rows: Tensor) -> qdynamic.Linear:
+    """Rows of an int8 layer: the int8 values and their per-row scales are taken as they are."""
+    weight, bias = linear._weight_bias()
+    if weight.qscheme() == torch.per_channel_affine:
+        weight = torch._make_per_channel_quantized_tensor(
+            weight.int_repr().index_select(0, rows),
+            weight.q_per_channel_scales().index_select(0, rows),
+            weight.q_per_channel_zero_points().index_select(0, rows),
+            0,
+        )
+    else:
+        weight = torch._make_per_tensor_quantized_tensor(
+            weight.int_repr().index_select(0, rows), weight.q_scale(), weight.q_zero_point()
+        )
+    cut = qdynamic.Linear(linear.in_features, len(rows), dtype=torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cut.set_weight_bias(weight, None if bias is None else bias.index_select(0, rows))
+    return cut

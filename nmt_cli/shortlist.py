@@ -1,0 +1,113 @@
+"""Vocabulary shortlists: score only the target pieces a source sentence makes likely.
+
+A lexical table lists, for each source piece, the k target pieces that co-occur with it most strongly
+in the training corpus, by the Dice coefficient 2·c(s,t) / (c(s) + c(t)) over sentence counts (raw
+counts would fill every row with "the" and "."). A sentence's shortlist is the table rows of its
+pieces plus the most frequent target pieces and the special ids (Jean et al. 2015; Marian's lexical
+shortlists). A batch runs the output layer over the union of its sentences' lists, and search
+conditions each sentence on its own list, so batch-mates never change a translation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nmt_cli.model import Seq2Seq
+from nmt_cli.search import Shortlist
+
+SPECIAL_IDS = (0, 1, 2, 3)  # PAD, UNK, BOS, EOS: always columns 0..3, so search masks them by column
+TABLE_KEY, FREQUENT_KEY = "shortlist.table", "shortlist.frequent"  # extra tensors in model.nmt
+
+
+class LexicalTable(NamedTuple):
+    table: Tensor  # (V, K) best target ids per source id, best first; -1 where fewer than K co-occur
+    frequent: Tensor  # (F,) the most frequent target ids, most frequent first
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        return {TABLE_KEY: self.table.int(), FREQUENT_KEY: self.frequent.int()}  # ids < 2**31
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, Tensor]) -> LexicalTable | None:
+        """The table stored in a model file, or None when it has none."""
+        if TABLE_KEY not in tensors:
+            return None
+        return LexicalTable(tensors[TABLE_KEY].long(), tensors[FREQUENT_KEY].long())
+
+
+def _document_counts(ids: Sequence[Sequence[int]], vocab_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each sentence's distinct ids, and in how many sentences each id occurs (V,)."""
+    distinct = [np.unique(np.asarray(s, dtype=np.int64)) for s in ids]
+    counts = np.bincount(np.concatenate(distinct or [np.zeros(0, np.int64)]), minlength=vocab_size)
+    return distinct, counts
+
+
+def build_table(
+    src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], vocab_size: int, k: int, frequent: int
+) -> LexicalTable:
+    """The k target ids with the highest Dice score per source id, and the `frequent` commonest targets."""
+    V = vocab_size
+    src_sets, src_count = _document_counts(src_ids, V)
+    tgt_sets, tgt_count = _document_counts(tgt_ids, V)
+    codes = [(s[:, None] * V + t[None, :]).ravel() for s, t in zip(src_sets, tgt_sets, strict=True)]
+    pairs, together = np.unique(np.concatenate(codes or [np.zeros(0, np.int64)]), return_counts=True)
+    s, t = pairs // V, pairs % V
+    keep = t >= len(SPECIAL_IDS)  # special ids are in every shortlist anyway
+    s, t, together = s[keep], t[keep], together[keep]
+    dice = 2.0 * together / (src_count[s] + tgt_count[t])
+    order = np.lexsort((t, -dice, s))  # by source id, then best score, then target id (deterministic)
+    s, t = s[order], t[order]
+    rank = np.arange(len(s)) - np.searchsorted(s, s)  # position within its source id's group
+    table = np.full((V, k), -1, dtype=np.int64)
+    table[s[rank < k], rank[rank < k]] = t[rank < k]
+    totals = np.bincount(np.concatenate([np.asarray(x, np.int64) for x in tgt_ids] or [[]]), minlength=V)
+    totals[list(SPECIAL_IDS)] = -1
+    common = np.argsort(-totals, kind="stable")[: min(frequent, V - len(SPECIAL_IDS))]
+    return LexicalTable(torch.from_numpy(table), torch.from_numpy(common.astype(np.int64)))
+
+
+def sentence_vocab(src: Sequence[int], lex: LexicalTable, k: int) -> Tensor:
+    """One sentence's shortlist: ascending target ids (n,), the special ids first."""
+    rows = lex.table[torch.as_tensor(list(src), dtype=torch.long), :k].flatten()
+    ids = torch.cat([torch.tensor(SPECIAL_IDS), lex.frequent, rows[rows >= 0]])
+    return torch.unique(ids)  # sorted
+
+
+def batch_shortlist(src_batch: Sequence[Sequence[int]], lex: LexicalTable, k: int) -> Shortlist:
+    """The union of a batch's shortlists as output columns, and which columns each sentence may use."""
+    lists = [sentence_vocab(src, lex, k) for src in src_batch]
+    vocab = torch.unique(torch.cat(lists))
+    allowed = torch.zeros(len(lists), len(vocab), dtype=torch.bool)
+    for b, ids in enumerate(lists):
+        allowed[b, torch.searchsorted(vocab, ids)] = True
+    return Shortlist(vocab, allowed)
+
+
+def with_output_layer(model: Seq2Seq, output: nn.Module) -> Seq2Seq:
+    """A view of the model that shares every weight but has another output layer (the generator).
+
+    decode_step then scores only the output layer's rows, with the model's own code for the rest of the
+    step; the model itself is left untouched, so other batches and threads still see the full layer.
+    """
+    view = copy.copy(model)  # shallow: the same parameters and submodules
+    view._modules = {**model._modules, "generator": output}  # its own module table, one entry changed
+    return view
+
+
+def coverage(
+    src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], lex: LexicalTable, k: int
+) -> tuple[float, float]:
+    """Share of target pieces inside their sentence's shortlist, and the mean shortlist size."""
+    inside = total = size = 0
+    pairs = [(s, t) for s, t in zip(src_ids, tgt_ids, strict=True) if s]
+    for src, tgt in pairs:
+        vocab = set(sentence_vocab(src, lex, k).tolist())
+        inside += sum(t in vocab for t in tgt)
+        total += len(tgt)
+        size += len(vocab)
+    return inside / max(total, 1), size / max(len(pairs), 1)

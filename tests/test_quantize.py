@@ -1,0 +1,69 @@
+"""int8 decoding: close to fp32; an output layer cut to some rows scores them as the full layer does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nmt_cli.checkpoint import load_model
+from nmt_cli.config import DecodeConfig
+from nmt_cli.decode import decode_ids, pad_batch
+from nmt_cli.quantize import int8_dynamic, is_int8, restrict_rows
+from nmt_cli.textio import read_lines
+
+
+@pytest.fixture(scope="module")
+def models(trained):
+    """The trained tiny model in fp32 and in int8 (two separate loads: conversion is in place)."""
+    return load_model(trained), int8_dynamic(load_model(trained).model)
+
+
+@pytest.fixture(scope="module")
+def dev_ids(models, corpus) -> list[list[int]]:
+    fp32, _ = models
+    return [ids for ids in fp32.subword.encode_batch(read_lines(corpus.dev_src)[:40]) if ids]
+
+
+def test_int8_replaces_the_layers_decoding_calls(models):
+    fp32, int8 = models
+    assert is_int8(int8) and not is_int8(fp32.model)
+    assert type(int8.generator) is not torch.nn.Linear  # the largest layer of every step
+    assert type(int8.encoder.rnn) is not torch.nn.LSTM
+
+
+def test_int8_log_probs_are_close_to_fp32(models, dev_ids):
+    fp32, int8 = models
+    src, lengths = pad_batch(dev_ids)
+    with torch.inference_mode():
+        steps = []
+        for model in (fp32.model, int8):
+            enc = model.encode(src, lengths)
+            steps.append(model.decode_step(torch.full((len(dev_ids),), 2), enc.state, enc).log_probs)
+    exact, approx = steps
+    likely = exact > -5.0  # where the probability mass is; far-off tails matter to no decision
+    assert (exact - approx)[likely].abs().max() < 0.1
+    assert (exact - approx)[likely].abs().mean() < 0.02
+    assert not torch.equal(exact, approx)  # it did run in int8
+
+
+def test_int8_greedy_gives_the_same_tokens_on_most_sentences(models, dev_ids):
+    fp32, int8 = models
+    cfg = DecodeConfig(beam_size=1)
+    a = [n[0].tokens for n in decode_ids(fp32.model, dev_ids, cfg)]
+    b = [n[0].tokens for n in decode_ids(int8, dev_ids, cfg)]
+    assert sum(x == y for x, y in zip(a, b, strict=True)) >= 0.8 * len(a)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_an_output_layer_cut_to_rows_scores_them_exactly(models, int8):
+    fp32, quantized = models
+    layer = quantized.generator if int8 else fp32.model.generator
+    rows = torch.tensor([0, 3, 7, 8, 100, fp32.config.vocab_size - 1])
+    hidden = torch.randn(5, fp32.config.decoder_hidden, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        cut, full = restrict_rows(layer, rows)(hidden), layer(hidden)[:, rows]
+        # int8 sums int8 products in int32, so any subset of rows gives the same bits; fp32 BLAS may
+        # block a narrower matrix differently, which moves the last bits only
+        assert torch.equal(cut, full) if int8 else torch.allclose(cut, full, rtol=0, atol=1e-5)
+        everything = torch.arange(fp32.config.vocab_size)
+        assert torch.equal(restrict_rows(layer, everything)(hidden), layer(hidden))

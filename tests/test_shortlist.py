@@ -1,0 +1,39 @@
+"""The lexical table, worked out by hand, and the per-batch shortlist built from it."""
+
+from __future__ import annotations
+
+import torch
+
+from nmt_cli.shortlist import LexicalTable, batch_shortlist, build_table, sentence_vocab
+
+# sentence counts: c(10) = 2, c(11) = c(12) = 1; c(20) = 2, c(21) = c(22) = 1. Dice 2 c(s,t) / (c(s) + c(t)):
+#   10: 20 -> 2*2/4 = 1,   21 -> 2/3,  22 -> 2/3     11: 21 -> 2/2 = 1, 20 -> 2/3     12: 22 -> 1, 20 -> 2/3
+# so with k = 2: 10 -> [20, 21] (a tie at 2/3: the lower id first), 11 -> [21, 20], 12 -> [22, 20].
+# The special ids (here 3 = EOS) are never in the table: every shortlist has them anyway.
+SRC = [[10, 11], [10, 12, 10]]
+TGT = [[20, 21, 3], [20, 22, 22]]
+
+
+def test_the_table_ranks_by_dice():
+    lex = build_table(SRC, TGT, vocab_size=30, k=2, frequent=2)
+    assert lex.table[10].tolist() == [20, 21]
+    assert lex.table[11].tolist() == [21, 20]
+    assert lex.table[12].tolist() == [22, 20]
+    assert lex.table[13].tolist() == [-1, -1]  # never seen
+    assert lex.frequent.tolist() == [20, 22]  # each occurs twice (EOS is special): a tie, lower id first
+
+
+def test_round_trip_through_model_file_tensors():
+    lex = build_table(SRC, TGT, vocab_size=30, k=2, frequent=1)
+    back = LexicalTable.from_tensors(lex.to_tensors())
+    assert torch.equal(back.table, lex.table) and torch.equal(back.frequent, lex.frequent)
+    assert LexicalTable.from_tensors({}) is None
+
+
+def test_sentence_and_batch_shortlists():
+    lex = build_table(SRC, TGT, vocab_size=30, k=2, frequent=0)
+    assert sentence_vocab([11], lex, k=1).tolist() == [0, 1, 2, 3, 21]
+    assert sentence_vocab([12, 11], lex, k=2).tolist() == [0, 1, 2, 3, 20, 21, 22]
+    columns = batch_shortlist([[11], [12]], lex, k=1)
+    assert columns.vocab.tolist() == [0, 1, 2, 3, 21, 22]
+    assert columns.allowed.tolist() == [[True] * 4 + [True, False], [True] * 4 + [False, True]]
