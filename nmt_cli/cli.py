@@ -25,6 +25,8 @@ COMMANDS = [
     (subword_app, "decode", cmd_data.subword_decode),
     (app, "train", cmd_train.train),
     (app, "translate", cmd_translate.translate),
+    (app, "score", cmd_translate.score),
+    (app, "shortlist", cmd_translate.shortlist),
     (app, "evaluate", cmd_eval.evaluate),
     (app, "align", cmd_analysis.align),
     (app, "attention", cmd_analysis.attention),

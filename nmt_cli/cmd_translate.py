@@ -1,10 +1,11 @@
-"""`nmt translate`: a model file, lines in, results out."""
+"""`nmt translate`, `nmt score` and `nmt shortlist`: a model file, lines in, results out."""
 
 from __future__ import annotations
 
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,23 +13,26 @@ from nmt_cli.cli_base import set_threads, write_stdout
 from nmt_cli.errors import ConfigError
 
 FORMATS = ("text", "jsonl")
+# JSON allows these raw inside strings, but str.splitlines() and some editors break lines at them
+LINE_BREAKS_IN_JSON = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"}
 
 
-def _decode_config(beam_size: int, length_penalty: float, max_len_a: float, max_len_b: int, n_best: int):  # noqa: ANN202
-    from nmt_cli.config import DecodeConfig
+def _json_line(record: dict[str, Any]) -> str:
+    """One JSON object on one line, whatever line-breaking characters its strings hold."""
+    text = json.dumps(record, ensure_ascii=False)
+    for char, escaped in LINE_BREAKS_IN_JSON.items():
+        text = text.replace(char, escaped)
+    return text + "\n"
 
-    return DecodeConfig(
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        n_best=n_best,
-    )
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
 def _format(t, fmt: str, signature: str, with_attention: bool) -> str:  # noqa: ANN001
     if fmt == "text":
-        return t.hyp + "\n"
+        return t.hyp.replace("\n", " ") + "\n"  # only '\n' ends a line, so none may be inside one
     record = {
         "line": t.line,
         "src": t.src,
@@ -40,7 +44,7 @@ def _format(t, fmt: str, signature: str, with_attention: bool) -> str:  # noqa: 
     }
     if with_attention:
         record.update(src_pieces=t.src_pieces, hyp_pieces=t.hyp_pieces, attention=t.attention)
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return _json_line(record)
 
 
 def translate(
@@ -52,9 +56,17 @@ def translate(
     beam_size: int = typer.Option(5, "--beam-size", "-b", help="1 is greedy search."),
     batch_size: int = typer.Option(64, help="Sentences per batch."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", "--alpha", help="score / length**alpha."),
+    length_penalty_type: str = typer.Option(
+        "average", help="average: len**alpha; gnmt: ((5 + len) / 6)**alpha."
+    ),
     max_len_a: float = typer.Option(1.5, help="Output cap per sentence: a * source length + b."),
     max_len_b: int = typer.Option(10, help="Output cap per sentence: a * source length + b."),
     n_best: int = typer.Option(1, help="Hypotheses per line in JSONL output."),
+    ban_unk: bool = typer.Option(False, "--ban-unk", help="Never output the unknown piece."),
+    int8: bool = typer.Option(False, "--int8", help="int8 LSTM and Linear layers: faster on CPU."),
+    shortlist: int = typer.Option(
+        0, "--shortlist", help="Score only K table pieces per source piece (needs `nmt shortlist`)."
+    ),
     max_input_tokens: int = typer.Option(250, help="Longer lines are translated in pieces, with a warning."),
     fmt: str = typer.Option("text", "--format", help="text or jsonl."),
     with_attention: bool = typer.Option(False, "--with-attention", help="JSONL: add pieces and attention."),
@@ -65,38 +77,137 @@ def translate(
     import time
 
     from nmt_cli.checkpoint import load_model
+    from nmt_cli.config import DecodeConfig
     from nmt_cli.console import console, setup_logging
-    from nmt_cli.textio import atomic_write, open_binary, stream_chunks
-    from nmt_cli.translate import decode_signature, translate_lines
+    from nmt_cli.translate import decode_signature, for_decoding, translate_lines
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    _check_format(fmt)
     if batch_size < 1 or max_input_tokens < 1:
         raise ConfigError("--batch-size and --max-input-tokens must be at least 1")
     setup_logging(quiet=quiet)
     set_threads(threads)
-    cfg = _decode_config(beam_size, length_penalty, max_len_a, max_len_b, n_best)
-    loaded = load_model(model)
+    cfg = DecodeConfig(
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        length_penalty_type=length_penalty_type,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        n_best=n_best,
+        ban_unk=ban_unk,
+        shortlist=shortlist,
+    )
+    loaded = for_decoding(load_model(model), int8)
     signature = decode_signature(loaded, cfg)
     if not quiet:
         console.print(signature, markup=False, highlight=False)
-    began, count = time.time(), 0
-    sink = io.BytesIO() if output else None
-    with open_binary(input_file) as stream:
-        chunks = stream_chunks(stream, input_file, batch_size * 8)
-        for t in translate_lines(chunks, loaded, cfg, batch_size, max_input_tokens, with_attention):
-            text = _format(t, fmt, signature, with_attention)
-            count += 1
-            if sink is not None:
-                sink.write(text.encode("utf-8"))
-            else:
-                write_stdout(text)
-    if output is not None and sink is not None:
-        with atomic_write(output) as f:
-            f.write(sink.getvalue())
+    began = time.time()
+    translations = translate_lines(
+        _input_chunks(input_file, batch_size), loaded, cfg, batch_size, max_input_tokens, with_attention
+    )
+    count = _write((_format(t, fmt, signature, with_attention) for t in translations), output)
     if not quiet:
         seconds = time.time() - began
         console.print(
             f"translated {count} lines in {seconds:.2f}s ({count / max(seconds, 1e-9):.1f} lines/s)",
             highlight=False,
         )
+
+
+def _input_chunks(input_file: str, batch_size: int):  # noqa: ANN202 - Iterator[list[str]]
+    """Lines of FILE or stdin in chunks of up to 8 batches, each as soon as its lines have arrived."""
+    from nmt_cli.textio import open_binary, stream_chunks
+
+    with open_binary(input_file) as stream:
+        yield from stream_chunks(stream, input_file, batch_size * 8)
+
+
+def _write(texts, output: Path | None) -> int:  # noqa: ANN001 - Iterable[str]
+    """Each text to stdout as it comes (flushed), or all of them atomically to output; how many."""
+    from nmt_cli.textio import atomic_write
+
+    count, sink = 0, io.BytesIO()
+    for text in texts:
+        count += 1
+        if output is None:
+            write_stdout(text)
+        else:
+            sink.write(text.encode("utf-8"))
+    if output is not None:
+        with atomic_write(output) as f:
+            f.write(sink.getvalue())
+    return count
+
+
+def score(
+    model: Path = typer.Option(..., "-m", "--model", help="A model.nmt file."),
+    src: Path = typer.Option(..., "--src", help="Source lines."),
+    tgt: Path = typer.Option(..., "--tgt", help="Target lines to score, one per source line."),
+    fmt: str = typer.Option("text", "--format", help="text or jsonl."),
+    batch_size: int = typer.Option(64, help="Sentence pairs per batch."),
+    threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No signature on stderr."),
+) -> None:
+    """Force-decode given translations: log p(target | source) per line, and per target piece.
+
+    Text: `logprob<TAB>n_tokens<TAB>per-token log-probs` (space-separated; EOS counts as a token); an
+    empty source line gives an empty line.
+    """
+    from nmt_cli import __version__
+    from nmt_cli.checkpoint import load_model
+    from nmt_cli.console import console, setup_logging
+    from nmt_cli.textio import read_parallel
+    from nmt_cli.translate import score_lines
+
+    _check_format(fmt)
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    setup_logging(quiet=quiet)
+    set_threads(threads)
+    src_lines, tgt_lines = read_parallel(src, tgt)
+    loaded = load_model(model)
+    signature = f"score|model:{loaded.digest}|nmt:{__version__}"
+    if not quiet:
+        console.print(signature, markup=False, highlight=False)
+    for s in score_lines(loaded, src_lines, tgt_lines, batch_size):
+        per_token = [round(x, 4) for x in s.token_log_probs]
+        if fmt == "jsonl":
+            record = {"line": s.line, "src": src_lines[s.line - 1], "tgt": tgt_lines[s.line - 1]}
+            record.update(log_prob=s.log_prob, n_tokens=len(per_token), token_log_probs=per_token)
+            write_stdout(_json_line({**record, "tgt_pieces": s.tgt_pieces, "signature": signature}))
+        elif s.log_prob is None:
+            write_stdout("\n")
+        else:
+            write_stdout(f"{s.log_prob:.4f}\t{len(per_token)}\t{' '.join(map(str, per_token))}\n")
+
+
+def shortlist(
+    model: Path = typer.Option(..., "-m", "--model", help="A model.nmt file."),
+    src: Path = typer.Option(..., "--src", help="Training corpus, source side."),
+    tgt: Path = typer.Option(..., "--tgt", help="Training corpus, target side."),
+    k: int = typer.Option(50, "-k", help="Target pieces kept per source piece."),
+    frequent: int = typer.Option(100, "--frequent", help="Most frequent target pieces, always allowed."),
+    output: Path = typer.Option(..., "-o", "--output", help="The model file with its shortlist table."),
+) -> None:
+    """Add a lexical shortlist table to a model file, for `nmt translate --shortlist K`."""
+    import time
+
+    from nmt_cli.checkpoint import load_model, save_model
+    from nmt_cli.console import console
+    from nmt_cli.shortlist import build_table, coverage
+    from nmt_cli.textio import read_parallel
+
+    if k < 1 or frequent < 0:
+        raise ConfigError("-k must be at least 1 and --frequent at least 0")
+    began = time.time()
+    loaded = load_model(model)
+    src_lines, tgt_lines = read_parallel(src, tgt)
+    src_ids, tgt_ids = loaded.subword.encode_batch(src_lines), loaded.subword.encode_batch(tgt_lines)
+    lex = build_table(src_ids, tgt_ids, loaded.config.vocab_size, k, frequent)
+    save_model(output, loaded.model, loaded.subword, loaded.info, {**loaded.extras, **lex.to_tensors()})
+    recall, size = coverage(src_ids[:2000], tgt_ids[:2000], lex, k)
+    console.print(
+        f"shortlist: {k} per source piece + {len(lex.frequent)} frequent, from {len(src_lines)} pairs "
+        f"in {time.time() - began:.1f}s; on the first 2000 pairs it holds {100 * recall:.2f} % of the "
+        f"reference pieces with {size:.0f} pieces per sentence; wrote {output}",
+        highlight=False,
+    )
