@@ -124,6 +124,8 @@ def load_model(path: str | Path) -> LoadedModel:
         for name in list(tensors)
         if name.startswith(EXTRA_PREFIX)
     }
+    digest = hashlib.sha256(blob).hexdigest()[:8]
+    del blob  # the weights are in `tensors` now: do not hold the file twice while the model is built
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [name for name in missing if name not in _tied_aliases(model, tensors)]
@@ -133,7 +135,7 @@ def load_model(path: str | Path) -> LoadedModel:
         )
     model.eval()
     info = json.loads(metadata.get("info", "{}"))
-    return LoadedModel(model, cfg, subword, info, hashlib.sha256(blob).hexdigest()[:8], extras)
+    return LoadedModel(model, cfg, subword, info, digest, extras)
 
 
 def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:
