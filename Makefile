@@ -24,7 +24,7 @@ install: $(STAMP)
 DEMO := runs/demo
 demo: $(STAMP)
 	@mkdir -p $(DEMO)
-	$(BIN)/nmt prepare --src data/train.en --tgt data/train.de --vocab-size 1000 -o $(DEMO)
+	$(BIN)/nmt prepare --src data/train.en --tgt data/train.de --vocab-size 300 -o $(DEMO)
 	$(BIN)/nmt train --preset toy --src data/train.en --tgt data/train.de \
 		--dev-src data/dev.en --dev-tgt data/dev.de --spm $(DEMO)/spm.model \
 		--time-budget 150 --overwrite -o $(DEMO)

@@ -12,9 +12,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_cli.attention import build_attention, masked_softmax
+from nmt_cli.cell import Collectors, LayerWeights, input_projection, linear, lstm_step
 from nmt_cli.config import ModelConfig
 
 PAD = 0  # the subword module fixes PAD=0, UNK=1, BOS=2, EOS=3; the model only needs PAD
@@ -67,33 +67,56 @@ class TeacherForced(NamedTuple):
     attention: Tensor  # (B, T, S)
 
 
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Each row's first lengths[b] positions reversed, padding left in place: x (B, S, D)."""
+    positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # (1, S)
+    last = (lengths.to(x.device) - 1).unsqueeze(1)  # (B, 1)
+    index = torch.where(positions <= last, last - positions, positions)  # (B, S)
+    return x.gather(1, index.unsqueeze(2).expand_as(x))
+
+
 class Encoder(nn.Module):
-    """Embeddings and a (bi)directional, multi-layer LSTM or GRU over the source."""
+    """Embeddings and a (bi)directional, multi-layer LSTM or GRU over the source.
+
+    Each direction of each layer is one full-sequence RNN call over the padded batch; the backward
+    direction reads each sentence reversed within its length, so padding never enters a real state.
+    Full-sequence calls use the fast fused kernels, which packed sequences do not on CPU.
+    """
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
         super().__init__()
         self.embedding = embedding
         rnn = nn.LSTM if cfg.encoder_cell == "lstm" else nn.GRU
-        self.rnn = rnn(
-            cfg.emb_size,
-            cfg.encoder_hidden,
-            num_layers=cfg.encoder_layers,
-            batch_first=True,
-            bidirectional=cfg.bidirectional,
-            dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0,
+        dirs = 2 if cfg.bidirectional else 1
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                rnn(
+                    cfg.emb_size if i == 0 else dirs * cfg.encoder_hidden,
+                    cfg.encoder_hidden,
+                    batch_first=True,
+                )
+                for _ in range(dirs)
+            )
+            for i in range(cfg.encoder_layers)
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, S), src_lengths (B,) -> memory (B, S, M), final top-layer state (B, M)."""
-        emb = self.dropout(self.embedding(src))
-        packed = pack_padded_sequence(emb, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.rnn(packed)
-        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
-        h_n = final[0] if isinstance(final, tuple) else final  # (layers * dirs, B, H)
-        dirs = 2 if self.rnn.bidirectional else 1
-        top = h_n[-dirs:].transpose(0, 1).reshape(src.size(0), -1)  # forward and backward joined
-        return self.dropout(memory), top
+        x = self.dropout(self.embedding(src))
+        last = (src_lengths.to(src.device) - 1).view(-1, 1, 1)
+        for i, directions in enumerate(self.layers):
+            if i:
+                x = self.dropout(x)  # between layers, as nn.LSTM's dropout argument
+            outputs, finals = [], []
+            for d, rnn in enumerate(directions):
+                out = rnn(reverse_padded(x, src_lengths) if d else x)[0]
+                finals.append(
+                    out.gather(1, last.expand(-1, 1, out.size(2))).squeeze(1)
+                )  # after the last real token
+                outputs.append(reverse_padded(out, src_lengths) if d else out)
+            x = torch.cat(outputs, dim=2)
+        return self.dropout(x), torch.cat(finals, dim=1)
 
 
 class Seq2Seq(nn.Module):
@@ -119,6 +142,7 @@ class Seq2Seq(nn.Module):
         self.attention = build_attention(cfg.attention, H, cfg.memory_size)
         self.combine = nn.Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
         self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout_between = nn.Dropout(cfg.dropout if L > 1 else 0.0)  # as nn.LSTM between its layers
         self.generator = nn.Linear(H, cfg.vocab_size)
         self.reset_parameters()
         if cfg.tie_embeddings:
@@ -142,7 +166,8 @@ class Seq2Seq(nn.Module):
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
         """prev_tokens (B,) -> log-probabilities of the next token (B, V), new state, attention (B, S)."""
-        hidden, state, attn = self._step(self.tgt_embedding(prev_tokens), state, enc)
+        gates = input_projection(self.decoder_rnn, self.tgt_embedding(prev_tokens))
+        hidden, state, attn = self._step(gates, state, enc, self._decoder_weights())
         return StepOutput(F.log_softmax(self.generator(hidden), dim=-1), state, attn)
 
     # --- training -----------------------------------------------------------------------------------
@@ -153,9 +178,13 @@ class Seq2Seq(nn.Module):
         emb = self.dropout(self.tgt_embedding(tgt_in))
         if not self.cfg.input_feeding:
             return self._all_steps(emb, enc)
+        # (B, T, 4H) in one matmul; unbind, not gates[:, t], so backward stacks the step gradients once
+        # instead of filling a zero (B, T, 4H) tensor for every step
+        steps = input_projection(self.decoder_rnn, emb).unbind(1)
+        weights, collectors = self._decoder_weights(), Collectors()
         state, hiddens, attns = enc.state, [], []
-        for t in range(tgt_in.size(1)):
-            hidden, state, attn = self._step(emb[:, t], state, enc, embedded=True)
+        for t, gates in enumerate(steps):
+            hidden, state, attn = self._step(gates, state, enc, weights, collectors, first=t == 0)
             hiddens.append(hidden)
             attns.append(attn)
         return TeacherForced(torch.stack(hiddens, 1), torch.stack(attns, 1))
@@ -175,19 +204,49 @@ class Seq2Seq(nn.Module):
         h, c = torch.tanh(self.bridge(top)).view(B, 2, L, H).permute(1, 2, 0, 3).unbind(0)
         return DecoderState(h.contiguous(), c.contiguous(), feed)
 
+    def _decoder_weights(self) -> list[LayerWeights]:
+        """Per-layer views of the decoder LSTM's weights; layer 0 without its embedding columns."""
+        rnn, e = self.decoder_rnn, self.cfg.emb_size
+        return [
+            LayerWeights(
+                getattr(rnn, f"weight_ih_l{i}")[:, e if i == 0 else 0 :],
+                getattr(rnn, f"weight_hh_l{i}"),
+                getattr(rnn, f"bias_ih_l{i}") + getattr(rnn, f"bias_hh_l{i}"),
+            )
+            for i in range(self.cfg.decoder_layers)
+        ]
+
     def _step(
-        self, emb: Tensor, state: DecoderState, enc: EncoderOutput, embedded: bool = False
+        self,
+        gates: Tensor,
+        state: DecoderState,
+        enc: EncoderOutput,
+        weights: list[LayerWeights],
+        collectors: Collectors | None = None,
+        first: bool = False,
     ) -> tuple[Tensor, DecoderState, Tensor]:
-        """One decoder step: emb (B, E) -> attentional vector (B, H), new state, attention (B, S)."""
-        if not embedded:
-            emb = self.dropout(emb)
-        x = torch.cat([emb, state.feed], dim=1) if self.cfg.input_feeding else emb
-        out, (h, c) = self.decoder_rnn(x.unsqueeze(1), (state.h, state.c))
-        query = out.squeeze(1)
+        """One decoder step (Luong et al. 2015, §3.3 with input feeding).
+
+        gates (B, 4H) layer 0's pre-activations from the embedding -> attentional vector (B, H), new state,
+        attention (B, S)
+        """
+        x = state.feed if self.cfg.input_feeding else None
+        hs, cs = [], []
+        for layer, w in enumerate(weights):
+            if layer:
+                x, gates = self.dropout_between(hs[-1]), w.bias
+            h, c = lstm_step(gates, x, state.h[layer], state.c[layer], w, f"l{layer}", collectors, first)
+            hs.append(h)
+            cs.append(c)
+        query = hs[-1]
         attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
         context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
-        hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, query], dim=1))))
-        return hidden, DecoderState(h, c, hidden if self.cfg.input_feeding else state.feed), attn
+        combined = linear(
+            torch.cat([context, query], dim=1), self.combine.weight, "combine", collectors, first
+        )
+        hidden = self.dropout(torch.tanh(combined))
+        feed = hidden if self.cfg.input_feeding else state.feed
+        return hidden, DecoderState(torch.stack(hs), torch.stack(cs), feed), attn
 
     def _all_steps(self, emb: Tensor, enc: EncoderOutput) -> TeacherForced:
         """Without input feeding no step depends on the last output: one LSTM call, one attention call."""

@@ -96,3 +96,32 @@ def test_encoder_output_select_and_repeat():
     assert rep.memory.shape[0] == 6 and torch.equal(rep.memory[2], enc.memory[1])
     picked = enc.select(torch.tensor([2, 0]))
     assert torch.equal(picked.keys[0], enc.keys[2]) and torch.equal(picked.state.h[:, 1], enc.state.h[:, 0])
+
+
+def plain_loss(model, src, lengths, tgt_in, tgt_out):
+    """The reference: summed NLL from the step loop, where every matmul takes its own gradient."""
+    log_probs, _ = step_loop(model, src, lengths, tgt_in)
+    return torch.nn.functional.nll_loss(log_probs.transpose(1, 2), tgt_out, reduction="sum")
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_fast_training_forward_has_the_plain_gradients(attention, input_feeding):
+    # teacher_force precomputes input projections, defers weight gradients (input feeding) or runs the
+    # decoder in one call (no input feeding); loss and every gradient must equal the plain step loop's
+    model = build_model(tiny_config(attention=attention, input_feeding=input_feeding)).train()
+    src, lengths, tgt_in = toy_batch()
+    tgt_out = torch.roll(tgt_in, -1, dims=1)
+    fast = torch.nn.functional.nll_loss(
+        model.log_probs(model.teacher_force(src, lengths, tgt_in).hidden).transpose(1, 2),
+        tgt_out,
+        reduction="sum",
+    )
+    fast.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    plain = plain_loss(model, src, lengths, tgt_in, tgt_out)
+    plain.backward()
+    assert torch.allclose(fast, plain, rtol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(fast_grads[name], p.grad, rtol=1e-4, atol=1e-6), name
