@@ -26,16 +26,9 @@ from torch import Tensor
 from nmt_cli.config import DecodeConfig
 from nmt_cli.hypothesis import BOS, EOS, NEG_INF, PAD, UNK, History, Hypothesis, length_penalty
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput
+from nmt_cli.shortlist import RowLists, Shortlist, restrict, token_ids
 
 __all__ = ["Hypothesis", "Shortlist", "StepModel", "beam_search", "greedy", "length_penalty", "search"]
-
-
-class Shortlist(NamedTuple):
-    """The output columns of one batch: vocab (V',) target ids, ascending, the special ids 0..3 first;
-    allowed (B, V') True where a column is in that sentence's own shortlist."""
-
-    vocab: Tensor
-    allowed: Tensor
 
 
 class StepModel(Protocol):
@@ -58,41 +51,23 @@ def _mask_log_probs(log_probs: Tensor, step: int, cfg: DecodeConfig) -> Tensor:
 
 
 class _Sentences(NamedTuple):
-    """The sentences still being searched: input row ids, source lengths, caps (B',); allowed (B', V')."""
+    """The sentences still being searched: input row ids, source lengths, caps (B',), shortlists."""
 
     ids: Tensor
     src_lengths: Tensor
     caps: Tensor
-    allowed: Tensor | None  # each sentence's shortlist over the step model's columns; None: all of V
+    lists: RowLists | None  # each sentence's shortlist over the step model's columns; None: all of V
 
     @staticmethod
     def start(src_lengths: Tensor, cfg: DecodeConfig, device: torch.device, shortlist: Shortlist | None):
         src_lengths = src_lengths.to(device)
         ids = torch.arange(src_lengths.size(0), device=device)
-        allowed = None if shortlist is None else shortlist.allowed.to(device)
-        return _Sentences(ids, src_lengths, _max_lengths(src_lengths, cfg), allowed)
+        lists = None if shortlist is None else RowLists.of(shortlist.allowed.to(device))
+        return _Sentences(ids, src_lengths, _max_lengths(src_lengths, cfg), lists)
 
     def select(self, index: Tensor) -> _Sentences:
-        allowed = None if self.allowed is None else self.allowed[index]
-        return _Sentences(self.ids[index], self.src_lengths[index], self.caps[index], allowed)
-
-
-def _restrict(log_probs: Tensor, allowed: Tensor | None) -> Tensor:
-    """Each row conditioned on its sentence's shortlist: log p(y | y in list). (N, V'), allowed (N, V').
-
-    A row whose list is every column is left as it is: conditioning on the whole support changes nothing,
-    and skipping it keeps a shortlist of the full vocabulary bit-identical to no shortlist.
-    """
-    if allowed is None:
-        return log_probs
-    log_probs = log_probs.masked_fill(~allowed, NEG_INF)
-    norm = log_probs.logsumexp(dim=1, keepdim=True).masked_fill(allowed.all(dim=1, keepdim=True), 0.0)
-    return log_probs - norm
-
-
-def _token_ids(columns: Tensor, shortlist: Shortlist | None) -> Tensor:
-    """Target ids of step-model columns (N,); the special ids are their own columns in both cases."""
-    return columns if shortlist is None else shortlist.vocab.to(columns.device)[columns]
+        lists = None if self.lists is None else self.lists.select(index)
+        return _Sentences(self.ids[index], self.src_lengths[index], self.caps[index], lists)
 
 
 @torch.inference_mode()
@@ -113,9 +88,9 @@ def greedy(
     prev, state = torch.full_like(sents.ids, BOS), enc.state
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         out = model.decode_step(prev, state, enc)
-        log_probs = _mask_log_probs(_restrict(out.log_probs, sents.allowed), t, cfg)
+        log_probs = _mask_log_probs(restrict(out.log_probs, sents.lists), t, cfg)
         step_log_prob, columns = log_probs.max(dim=1)
-        prev, log_prob = _token_ids(columns, shortlist), log_prob + step_log_prob
+        prev, log_prob = token_ids(columns, shortlist), log_prob + step_log_prob
         history = history.append(prev, step_log_prob, out.attention)
         state, done = out.state, (prev == EOS) | (sents.caps <= t + 1)
         for row in done.nonzero().flatten().tolist():
@@ -257,12 +232,14 @@ def beam_search(
     enc = enc.repeat_interleave(k)  # once: the k rows of a sentence share it, select only reorders state
     beam, state = _Beam.start(len(sents.ids), k, enc), enc.state
     prev = torch.full_like(beam.finished, BOS, dtype=torch.long)
-    allowed = None if sents.allowed is None else sents.allowed.repeat_interleave(k, dim=0)
+    lists = (
+        None if sents.lists is None else sents.lists.select(torch.arange(len(sents.ids)).repeat_interleave(k))
+    )
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         out = model.decode_step(prev, state, enc)
-        candidates = _candidate_log_probs(_restrict(out.log_probs, allowed), beam.finished, t, cfg)
+        candidates = _candidate_log_probs(restrict(out.log_probs, lists), beam.finished, t, cfg)
         choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
-        prev = _token_ids(choice.columns, shortlist)
+        prev = token_ids(choice.columns, shortlist)
         beam = _advance(beam, choice, prev, candidates, out.attention)
         state = out.state.select(choice.parents)
         finished.add(beam, sents, t)
@@ -276,7 +253,7 @@ def beam_search(
             rows = (live.unsqueeze(1) * k + torch.arange(k, device=live.device)).flatten()
             beam, state, enc, prev = beam.select(rows), state.select(rows), enc.select(rows), prev[rows]
             sents = sents.select(live)
-            allowed = None if allowed is None else allowed[rows]
+            lists = None if lists is None else lists.select(rows)
     return results
 
 

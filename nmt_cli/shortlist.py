@@ -19,10 +19,60 @@ import torch
 from torch import Tensor, nn
 
 from nmt_cli.model import Seq2Seq
-from nmt_cli.search import Shortlist
 
+NEG_INF = float("-inf")
 SPECIAL_IDS = (0, 1, 2, 3)  # PAD, UNK, BOS, EOS: always columns 0..3, so search masks them by column
 TABLE_KEY, FREQUENT_KEY = "shortlist.table", "shortlist.frequent"  # extra tensors in model.nmt
+
+
+class Shortlist(NamedTuple):
+    """The output columns of one batch: vocab (V',) target ids, ascending, the special ids 0..3 first;
+    allowed (B, V') True where a column is in that sentence's own shortlist."""
+
+    vocab: Tensor
+    allowed: Tensor
+
+
+class RowLists(NamedTuple):
+    """Per-row shortlists over the step model's columns, ready to condition on (N rows)."""
+
+    bias: Tensor  # (N, V') 0 where a column is in the row's list, -inf elsewhere
+    columns: Tensor  # (N, L) the row's own columns, padded with column 0
+    real: Tensor  # (N, L) False on that padding
+    full: Tensor  # (N, 1) the row's list is every column: nothing to condition
+
+    @staticmethod
+    def of(allowed: Tensor) -> RowLists:
+        """allowed (N, V') -> the same lists in the forms a step uses."""
+        counts = allowed.sum(dim=1)
+        real = torch.arange(int(counts.max()), device=allowed.device) < counts.unsqueeze(1)
+        columns = torch.zeros(real.shape, dtype=torch.long, device=allowed.device)
+        columns[real] = allowed.nonzero()[:, 1]  # row-major: each row's columns in ascending order
+        bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, NEG_INF)
+        return RowLists(bias, columns, real, allowed.all(dim=1, keepdim=True))
+
+    def select(self, index: Tensor) -> RowLists:
+        return RowLists(self.bias[index], self.columns[index], self.real[index], self.full[index])
+
+
+def restrict(log_probs: Tensor, lists: RowLists | None) -> Tensor:
+    """Each row conditioned on its sentence's shortlist: log p(y | y in list). (N, V') -> (N, V').
+
+    The normaliser sums over the row's own columns only (gathered), so it costs O(list), not O(V'),
+    and it adds the same values in the same order whichever sentences share the batch. A row whose list
+    is every column is left as it is: conditioning on the whole support changes nothing, and skipping it
+    keeps a shortlist of the full vocabulary bit-identical to no shortlist.
+    """
+    if lists is None:
+        return log_probs
+    own = log_probs.gather(1, lists.columns).masked_fill(~lists.real, NEG_INF)
+    norm = own.logsumexp(dim=1, keepdim=True).masked_fill(lists.full, 0.0)
+    return log_probs + lists.bias - norm
+
+
+def token_ids(columns: Tensor, shortlist: Shortlist | None) -> Tensor:
+    """Target ids of step-model columns (N,); the special ids are their own columns in both cases."""
+    return columns if shortlist is None else shortlist.vocab.to(columns.device)[columns]
 
 
 class LexicalTable(NamedTuple):
