@@ -18,12 +18,15 @@ app = typer.Typer(
 )
 subword_app = typer.Typer(no_args_is_help=True, help="Encode or decode text with a SentencePiece model.")
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against this machine's limit.")
 app.add_typer(subword_app, name="subword")
+app.add_typer(bench_app, name="bench")
 COMMANDS = [
     (app, "prepare", cmd_data.prepare),
     (subword_app, "encode", cmd_data.subword_encode),
     (subword_app, "decode", cmd_data.subword_decode),
     (app, "train", cmd_train.train),
+    (bench_app, "train", cmd_train.bench_train),
     (app, "translate", cmd_translate.translate),
     (app, "score", cmd_translate.score),
     (app, "shortlist", cmd_translate.shortlist),

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import PROCESS_START, parse_duration, set_threads, write_stdout
+from nmt_cli.cli_base import PROCESS_START, parse_duration, return_freed_memory, set_threads, write_stdout
 from nmt_cli.errors import ConfigError, InputError
 
 SECTIONS = ("model", "train", "subword")
@@ -101,6 +101,7 @@ def train(
     log_every: int | None = typer.Option(None),
     patience: int | None = typer.Option(None, help="Stop after N validations without a better dev BLEU."),
     keep_last: int | None = typer.Option(None, help="Also keep step-N.nmt of the last K validations."),
+    save_every_minutes: float | None = typer.Option(None, help="Also save min-M.nmt every M minutes."),
     seed: int | None = typer.Option(None),
     vocab_size: int | None = typer.Option(None, help="Subword vocabulary size when training it here."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
@@ -109,7 +110,11 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
     """Train an LSTM encoder-decoder with attention; the best dev-BLEU model goes to OUT/model.nmt."""
+    from dataclasses import replace
+
+    from nmt_cli.config import DataConfig
     from nmt_cli.console import setup_logging
+    from nmt_cli.train import Run, fit
 
     setup_logging(quiet=quiet)
     budget = parse_duration(time_budget)
@@ -144,6 +149,7 @@ def train(
         log_every=log_every,
         patience=patience,
         keep_last=keep_last,
+        save_every_minutes=save_every_minutes,
         seed=seed,
         threads=threads or None,
     )
@@ -151,8 +157,13 @@ def train(
         preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)
     )
     set_threads(train_cfg.threads)
-    summary = _run(
-        src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, resume, overwrite, quiet
+    return_freed_memory()
+    data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""))
+    _check_run_dir(out, resume, overwrite)  # before anything is written into it
+    sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
+    model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
+    summary = fit(
+        Run(data, sub, model_cfg, train_cfg, out), resume=resume, start_time=PROCESS_START, quiet=quiet
     )
     best = "-" if summary.best_bleu is None else f"{summary.best_bleu:.2f} (step {summary.best_step})"
     write_stdout(
@@ -161,14 +172,8 @@ def train(
     )
 
 
-def _run(src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, resume, overwrite, quiet):  # noqa: ANN001, ANN202
-    """Subword model (given, resumed or trained here), then fit()."""
-    from dataclasses import replace
-
-    from nmt_cli.config import DataConfig
-    from nmt_cli.subword import Subword, train_spm
-    from nmt_cli.train import Run, fit
-
+def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite a trained model unless asked; clear what a fresh run would mix up."""
     if (out / "model.nmt").exists() and not (resume or overwrite):
         raise ConfigError(
             "a trained model is already there; use --resume to continue or --overwrite",
@@ -177,17 +182,104 @@ def _run(src, tgt, dev_src, dev_tgt, out, spm, model_cfg, train_cfg, sub_cfg, re
     if resume and not (out / "trainer_state.pt").exists():
         raise InputError("nothing to resume: no trainer_state.pt", str(out))
     if overwrite and not resume:
-        for stale in [out / "log.jsonl", out / "trainer_state.pt", *out.glob("step-*.nmt")]:
+        for stale in [
+            out / "log.jsonl",
+            out / "trainer_state.pt",
+            *out.glob("step-*.nmt"),
+            *out.glob("min-*.nmt"),
+        ]:
             stale.unlink(missing_ok=True)
-    data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""))
+
+
+def _subword(data, out: Path, spm: Path | None, cfg, resume: bool, shrink_to_fit: bool):  # noqa: ANN001, ANN202
+    """The subword model: given, the resumed run's, or trained here on both sides of the corpus."""
+    from nmt_cli.subword import Subword, train_spm
+
     if spm is not None:
         sub = Subword.from_file(spm)
     elif resume:
         sub = Subword.from_file(out / "spm.model")
     else:
-        sub = Subword.from_bytes(train_spm([src, tgt], sub_cfg))
+        sub = Subword.from_bytes(
+            train_spm([data.train_src, data.train_tgt], cfg, shrink_to_fit=shrink_to_fit)
+        )
     sub.save(out / "spm.model")
+    return sub
+
+
+def default_corpus() -> tuple[Path, Path]:
+    """Multi30k de->en (the side-by-side protocol) when present, else the embedded corpus."""
+    import os
+
+    root = Path(os.environ.get("NMT_DATA", "../shared/data/multi30k"))
+    if (root / "train.de").exists() and (root / "train.en").exists():
+        return root / "train.de", root / "train.en"
+    here = Path(__file__).resolve().parent.parent / "data"
+    return here / "train.en", here / "train.de"
+
+
+def bench_train(
+    preset: str = typer.Option(
+        "base-rnn", "--preset", help="Recipe to measure: base-rnn, cpu-15min, toy, tiny."
+    ),
+    src: Path | None = typer.Option(None, "--src", help="Corpus source side (default: Multi30k train.de)."),
+    tgt: Path | None = typer.Option(None, "--tgt", help="Corpus target side (default: Multi30k train.en)."),
+    spm: Path | None = typer.Option(
+        None, "--spm", help="SentencePiece model; trained here (vocab 8000) if absent."
+    ),
+    steps: int = typer.Option(60, help="Updates to run."),
+    skip: int = typer.Option(10, help="First updates left out of the steady-state figure."),
+    input_feeding: bool | None = typer.Option(None, "--input-feeding/--no-input-feeding"),
+    batch_tokens: int | None = typer.Option(None, help="Target tokens per batch."),
+    threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """Training throughput of a preset as a fraction of this machine's measured matmul rate."""
+    import json
+    from dataclasses import replace
+
+    from nmt_cli.benchmark import bench_train as run_bench
+    from nmt_cli.config import SubwordConfig
+    from nmt_cli.console import console, setup_logging
+    from nmt_cli.data import load_parallel
+    from nmt_cli.subword import Subword, train_spm
+
+    setup_logging()
+    if skip >= steps:
+        raise ConfigError(f"--skip ({skip}) must be below --steps ({steps})")
+    set_threads(threads)
+    return_freed_memory()
+    if (src is None) != (tgt is None):
+        raise ConfigError("give both --src and --tgt, or neither")
+    src, tgt = (src, tgt) if src is not None and tgt is not None else default_corpus()
+    model_cfg, train_cfg, _ = merged_configs(
+        preset, None, dict(input_feeding=input_feeding), dict(batch_tokens=batch_tokens), {}
+    )
+    sub = (
+        Subword.from_file(spm)
+        if spm
+        else Subword.from_bytes(train_spm([src, tgt], SubwordConfig(8000), shrink_to_fit=True))
+    )
+    examples, _ = load_parallel(src, tgt, sub, train_cfg.max_len)
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    return fit(
-        Run(data, sub, model_cfg, train_cfg, out), resume=resume, start_time=PROCESS_START, quiet=quiet
+    console.print(f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out")
+    r = run_bench(examples, model_cfg, train_cfg, steps, skip)
+    result = dict(
+        r._asdict(),
+        preset=preset,
+        corpus=str(src),
+        input_feeding=model_cfg.input_feeding,
+        attention=model_cfg.attention,
+    )
+    if as_json:
+        write_stdout(json.dumps(result) + "\n")
+        return
+    write_stdout(
+        f"steady tok/s\t{r.tok_s:.0f}  (whole run {r.whole_tok_s:.0f})\n"
+        f"matmul GFLOP/s\t{r.matmul_gflops:.1f}  (before {r.matmul_before:.1f}, after {r.matmul_after:.1f})\n"
+        f"MFLOP/token\t{r.mflop_per_token:.1f}  (forward + backward, analytic)\n"
+        f"of the limit\t{100 * r.fraction:.1f} %  "
+        f"(limit {r.matmul_gflops * 1e3 / r.mflop_per_token:.0f} tok/s)\n"
+        f"padding\t{100 * r.padding:.2f} %  ({r.tokens_per_step:.0f} real target tokens per step)\n"
+        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\n"
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import sentencepiece as spm
@@ -13,6 +15,8 @@ import sentencepiece as spm
 from nmt_cli.config import SubwordConfig
 from nmt_cli.errors import CheckpointError, ConfigError, InputError
 from nmt_cli.textio import atomic_write, iter_lines, open_binary
+
+log = logging.getLogger(__name__)
 
 # Fixed so that the model, the batches and the search agree without reading the vocabulary.
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -58,8 +62,17 @@ def _vocab_error(message: str, cfg: SubwordConfig) -> ConfigError:
     return ConfigError(f"sentencepiece training failed: {message}")
 
 
-def train_spm(paths: Sequence[str | Path], cfg: SubwordConfig, max_sentences: int = MAX_SENTENCES) -> bytes:
-    """Train one joint SentencePiece model on the non-empty lines of all files; return its bytes."""
+def train_spm(
+    paths: Sequence[str | Path],
+    cfg: SubwordConfig,
+    max_sentences: int = MAX_SENTENCES,
+    shrink_to_fit: bool = False,
+) -> bytes:
+    """Train one joint SentencePiece model on the non-empty lines of all files; return its bytes.
+
+    shrink_to_fit: when vocab_size is more than the corpus allows, use the largest size it allows
+    (with a warning) instead of failing; for defaults the user did not choose.
+    """
     if max_sentences < 1:
         raise ConfigError(f"max_sentences must be at least 1, got {max_sentences}")
     sentences = _sample_lines(paths, max_sentences)
@@ -88,6 +101,13 @@ def train_spm(paths: Sequence[str | Path], cfg: SubwordConfig, max_sentences: in
             minloglevel=2,  # errors come back as exceptions; progress logs would flood stderr
         )
     except RuntimeError as e:
+        if shrink_to_fit and (m := _TOO_HIGH.search(str(e))):
+            log.warning(
+                "vocab_size %d is too large for this corpus; using its maximum, %s",
+                cfg.vocab_size,
+                m.group(2),
+            )
+            return train_spm(paths, replace(cfg, vocab_size=int(m.group(2))), max_sentences)
         raise _vocab_error(str(e), cfg) from None
     return model.getvalue()
 

@@ -137,3 +137,16 @@ def test_attention_in_the_terminal_and_to_a_file(trained, tmp_path):
     src.write_text("the dog .\n")
     result = invoke("attention", "-m", trained, "--input", src, "--line", "5")
     assert result.exit_code == 1 and f"{src}:5: line 5 is beyond the file's 1 lines" in result.stderr
+
+
+def test_train_refuses_to_overwrite_and_trains_its_own_subwords(corpus, tmp_path):
+    args = ["train", "--preset", "tiny", "--src", corpus.train_src, "--tgt", corpus.train_tgt, "--max-steps", "2",
+            "-o", tmp_path / "run", "--quiet"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.stderr
+    assert "steps\t2" in first.stdout and (tmp_path / "run" / "spm.model").exists()
+    before = (tmp_path / "run" / "model.nmt").read_bytes()
+    again = invoke(*args)
+    assert again.exit_code == 1 and "use --resume to continue or --overwrite" in again.stderr
+    assert (tmp_path / "run" / "model.nmt").read_bytes() == before  # nothing touched
+    assert invoke(*args, "--overwrite").exit_code == 0
