@@ -188,3 +188,22 @@ def open_or_fail(path: str | Path):  # noqa: ANN201 - a plain binary file object
         raise InputError("no such file", str(path)) from None
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", str(path)) from None
+
+
+def average_models(paths: list[str | Path]) -> LoadedModel:
+    """The element-wise mean of several model files' weights (same config and subword model required)."""
+    if not paths:
+        raise InputError("no model files to average")
+    first = load_model(paths[0])
+    total = {name: t.detach().clone().double() for name, t in first.model.state_dict().items()}
+    for path in paths[1:]:
+        other = load_model(path)
+        if other.config != first.config:
+            raise CheckpointError(f"config differs from {paths[0]}'s: cannot average", str(path))
+        if other.subword.to_bytes() != first.subword.to_bytes():
+            raise CheckpointError(f"subword model differs from {paths[0]}'s: cannot average", str(path))
+        for name, t in other.model.state_dict().items():
+            total[name] += t.double()
+    first.model.load_state_dict({n: (t / len(paths)).float() for n, t in total.items()})
+    info = dict(first.info, averaged=[str(p) for p in paths])
+    return first._replace(info=info)

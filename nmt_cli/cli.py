@@ -36,6 +36,7 @@ COMMANDS = [
     (app, "curves", cmd_analysis.curves),
     (app, "info", cmd_model.info),
     (app, "tune", cmd_model.tune),
+    (app, "average", cmd_model.average),
 ]
 for group, name, command in COMMANDS:
     group.command(name)(reports_errors(command))  # every command reports NmtError as one line

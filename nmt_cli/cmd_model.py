@@ -1,4 +1,4 @@
-"""`nmt info` and `nmt tune`: what a model file holds, and which decoding settings suit it."""
+"""`nmt info`, `nmt tune` and `nmt average`: what a model file holds, which decoding settings suit it."""
 
 from __future__ import annotations
 
@@ -145,3 +145,15 @@ def _tune_table(rows: list[Any]) -> str:
         lines.append(f"{r.beam_size:>4} {_alpha(r):>5} {numbers}" + ("  best" if k == best else ""))
     lines.append(f"BLEU|{rows[best].signature}")
     return "".join(line + "\n" for line in lines)
+
+
+def average(
+    models: list[Path] = typer.Argument(..., help="Model files to average (e.g. runs/x/step-*.nmt)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The averaged model file."),
+) -> None:
+    """Average the weights of several checkpoints of one run into one model file."""
+    from nmt_cli.checkpoint import average_models, save_model
+
+    averaged = average_models([str(m) for m in models])
+    save_model(output, averaged.model, averaged.subword, averaged.info)
+    write_stdout(f"{output}\n")

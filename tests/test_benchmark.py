@@ -18,7 +18,7 @@ def test_base_rnn_flops_match_the_protocol_table():
     assert macs == pytest.approx(8.53e6, rel=0.01)
     assert 6 * macs / 1e6 == pytest.approx(51.2, rel=0.01)
     no_feed = forward_macs_per_token(ModelConfig(vocab_size=8000, input_feeding=False), 0.97)
-    assert macs - no_feed == pytest.approx(4 * 512 * 512)  # input feeding adds 512 inputs to each of the 4 gates
+    assert macs - no_feed == pytest.approx(4 * 512 * 512)  # input feeding: 512 more inputs per gate
 
 
 def test_bench_train_reports_a_fraction_of_the_matmul_rate(corpus):

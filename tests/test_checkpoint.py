@@ -73,3 +73,22 @@ def test_trainer_state_loads_with_weights_only(tmp_path):
     save_trainer_state(tmp_path / "s.pt", state)
     back = load_trainer_state(tmp_path / "s.pt")
     assert back["counters"] == {"step": 3} and torch.equal(back["rng"], state["rng"])
+
+
+def test_average_is_the_elementwise_mean(tmp_path, subword):
+    from nmt_cli.checkpoint import average_models
+
+    torch.manual_seed(0)
+    paths = []
+    for i in range(3):
+        model = build_model(tiny_model_config(subword.vocab_size))
+        save_model(tmp_path / f"m{i}.nmt", model, subword)
+        paths.append(tmp_path / f"m{i}.nmt")
+    models = [load_model(p).model.state_dict() for p in paths]
+    averaged = average_models(paths).model.state_dict()
+    for name, tensor in averaged.items():
+        assert torch.allclose(tensor, (models[0][name] + models[1][name] + models[2][name]) / 3, atol=1e-7)
+    other = build_model(tiny_model_config(subword.vocab_size, attention="dot"))
+    save_model(tmp_path / "dot.nmt", other, subword)
+    with pytest.raises(CheckpointError, match="config differs"):
+        average_models([paths[0], tmp_path / "dot.nmt"])

@@ -131,3 +131,34 @@ def test_chunked_backward_equals_whole_loss(corpus, subword):
     assert total == pytest.approx(token_loss(model, batch, 0.1).item(), rel=1e-5)
     for name, p in model.named_parameters():
         assert torch.allclose(whole[name], p.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_patience_stops_and_plateau_lowers_the_rate(tmp_path, corpus, subword, monkeypatch):
+    # dev BLEU scripted: 5, then 4, 4, 4 -> after 2 validations without a better score, patience 2 stops;
+    # with the plateau schedule (patience 1, factor 0.5) each bad validation halves the rate
+    import nmt_cli.train as train_module
+
+    scores = iter([5.0, 4.0, 4.0, 4.0, 4.0])
+    monkeypatch.setattr(
+        train_module, "validate", lambda *a, **k: train_module.Validation(1.0, 2.7, next(scores), "sig")
+    )
+    run = run_for(
+        tmp_path,
+        corpus,
+        subword,
+        "p",
+        max_steps=40,
+        valid_every=2,
+        patience=2,
+        schedule="plateau",
+        plateau_patience=1,
+        plateau_factor=0.5,
+    )
+    summary = fit(run, quiet=True)
+    assert summary.stopped == "patience" and summary.steps == 6 and summary.best_step == 2
+    lrs = [
+        r["lr"]
+        for r in map(json.loads, (run.out_dir / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
+    assert lrs == [5e-3, 5e-3, 2.5e-3]  # logged at steps 2, 4, 6: halved after the bad validation at 4
