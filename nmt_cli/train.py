@@ -72,7 +72,8 @@ def token_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> to
 
 @torch.inference_mode()
 def validate(model: Seq2Seq, dev: list[Example], subword: Subword, refs: list[str] | None) -> Validation:
-    """Dev loss per token (no smoothing) and greedy BLEU against the raw dev references."""
+    """Dev loss per token (no smoothing) and greedy BLEU against the dev references; keeps model's mode."""
+    was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(dev), 64):
@@ -85,7 +86,7 @@ def validate(model: Seq2Seq, dev: list[Example], subword: Subword, refs: list[st
         texts = [subword.decode(nbest[0].tokens) for nbest in hyps]
         result = corpus_scores(texts, [refs], metrics=("bleu",))[0]
         bleu, signature = result.score, result.signature
-    model.train()
+    model.train(was_training)
     loss = total / max(tokens, 1)
     return Validation(loss, math.exp(min(loss, 50.0)), bleu, signature)
 
