@@ -10,7 +10,7 @@ from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.model import PAD, Seq2Seq
-from nmt_cli.quantize import restrict_rows
+from nmt_cli.quantize import OutputRows
 from nmt_cli.search import Hypothesis, search
 from nmt_cli.shortlist import LexicalTable, batch_shortlist, with_output_layer
 
@@ -18,6 +18,7 @@ from nmt_cli.shortlist import LexicalTable, batch_shortlist, with_output_layer
 class ShortlistSetting(NamedTuple):
     lex: LexicalTable
     k: int  # table entries per source piece to use (at most the table's width)
+    rows: OutputRows  # the model's output layer, from which each batch cuts its columns
 
 
 def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -57,7 +58,7 @@ def decode_ids(
             nbests = search(model, enc, lengths, cfg)
         else:
             columns = batch_shortlist(batch, shortlist.lex, shortlist.k)
-            cut = with_output_layer(model, restrict_rows(model.generator, columns.vocab))
+            cut = with_output_layer(model, shortlist.rows.cut(columns.vocab))
             nbests = search(cut, enc, lengths, cfg, columns)
         for i, nbest in zip(chunk, nbests, strict=True):
             results[i] = nbest

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.nn.quantized import dynamic as qdynamic
 from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
@@ -63,32 +64,54 @@ def is_int8(model: nn.Module) -> bool:
 
 def restrict_rows(linear: nn.Module, rows: Tensor) -> nn.Module:
     """A Linear layer computing only output rows `rows` (V',): x (..., H) -> (..., V'); fp32 or int8."""
-    if isinstance(linear, qdynamic.Linear):
-        return _int8_rows(linear, rows)
-    cut = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
-    with torch.no_grad():
-        cut.weight.copy_(linear.weight.index_select(0, rows))
-        if linear.bias is not None:
-            cut.bias.copy_(linear.bias.index_select(0, rows))
-    return cut.eval()
+    return OutputRows(linear).cut(rows)
 
 
-def _int8_rows(linear: qdynamic.Linear, rows: Tensor) -> qdynamic.Linear:
-    """Rows of an int8 layer: the int8 values and their per-row scales are taken as they are."""
-    weight, bias = linear._weight_bias()
-    if weight.qscheme() == torch.per_channel_affine:
-        weight = torch._make_per_channel_quantized_tensor(
-            weight.int_repr().index_select(0, rows),
-            weight.q_per_channel_scales().index_select(0, rows),
-            weight.q_per_channel_zero_points().index_select(0, rows),
-            0,
-        )
-    else:
-        weight = torch._make_per_tensor_quantized_tensor(
-            weight.int_repr().index_select(0, rows), weight.q_scale(), weight.q_zero_point()
-        )
-    cut = qdynamic.Linear(linear.in_features, len(rows), dtype=torch.qint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cut.set_weight_bias(weight, None if bias is None else bias.index_select(0, rows))
-    return cut
+class OutputRows:
+    """An output layer's weights, unpacked once; cut(rows) gives a layer for a subset of its rows.
+
+    Decoding with a shortlist cuts one layer per batch: unpacking an int8 layer costs about as much as
+    decoding a short batch, so it is done once per model, not once per batch.
+    """
+
+    def __init__(self, linear: nn.Module):
+        self.in_features = linear.in_features
+        self.int8 = isinstance(linear, qdynamic.Linear)
+        if not self.int8:
+            self.weight, self.bias = linear.weight.detach(), linear.bias
+            return
+        weight, self.bias = linear._weight_bias()
+        self.values = weight.int_repr()  # (V, H) int8
+        self.per_row = weight.qscheme() == torch.per_channel_affine
+        if self.per_row:
+            self.scales, self.zero_points = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
+        else:
+            self.scales, self.zero_points = weight.q_scale(), weight.q_zero_point()
+
+    def cut(self, rows: Tensor) -> nn.Module:
+        """The layer for output rows `rows` (V',): the same weights (fp32) or int8 values and scales."""
+        bias = None if self.bias is None else self.bias.detach().index_select(0, rows)
+        if not self.int8:
+            return _Linear(self.weight.index_select(0, rows), bias)
+        values = self.values.index_select(0, rows)
+        if self.per_row:
+            scales, zero_points = self.scales.index_select(0, rows), self.zero_points.index_select(0, rows)
+            weight = torch._make_per_channel_quantized_tensor(values, scales, zero_points, 0)
+        else:
+            weight = torch._make_per_tensor_quantized_tensor(values, self.scales, self.zero_points)
+        cut = qdynamic.Linear(self.in_features, len(rows), dtype=torch.qint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the quantized-tensor deprecation notice, as in int8_dynamic
+            cut.set_weight_bias(weight, bias)
+        return cut
+
+
+class _Linear(nn.Module):
+    """x @ weight.T + bias with given tensors: no random init to throw away, unlike nn.Linear."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)

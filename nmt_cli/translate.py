@@ -13,7 +13,7 @@ from nmt_cli.checkpoint import LoadedModel
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.quantize import int8_dynamic, is_int8
+from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8
 from nmt_cli.search import Hypothesis
 from nmt_cli.shortlist import LexicalTable
 from nmt_cli.subword import BOS, EOS
@@ -70,7 +70,7 @@ def shortlist_setting(loaded: LoadedModel, cfg: DecodeConfig) -> ShortlistSettin
         raise ConfigError(
             f"--shortlist {cfg.shortlist} is more than the table's {lex.table.size(1)} per piece"
         )
-    return ShortlistSetting(lex, cfg.shortlist)
+    return ShortlistSetting(lex, cfg.shortlist, OutputRows(loaded.model.generator))
 
 
 def split_long(ids: list[int], limit: int) -> list[list[int]]:
