@@ -140,8 +140,20 @@ def test_attention_in_the_terminal_and_to_a_file(trained, tmp_path):
 
 
 def test_train_refuses_to_overwrite_and_trains_its_own_subwords(corpus, tmp_path):
-    args = ["train", "--preset", "tiny", "--src", corpus.train_src, "--tgt", corpus.train_tgt, "--max-steps", "2",
-            "-o", tmp_path / "run", "--quiet"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--src",
+        corpus.train_src,
+        "--tgt",
+        corpus.train_tgt,
+        "--max-steps",
+        "2",
+        "-o",
+        tmp_path / "run",
+        "--quiet",
+    ]
     first = invoke(*args)
     assert first.exit_code == 0, first.stderr
     assert "steps\t2" in first.stdout and (tmp_path / "run" / "spm.model").exists()
