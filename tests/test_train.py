@@ -9,8 +9,9 @@ from nmt_cli.checkpoint import load_model
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import collate, load_parallel
 from nmt_cli.errors import ConfigError
+from nmt_cli.loss import Validation, backward_in_chunks, token_loss
 from nmt_cli.model import build_model
-from nmt_cli.train import Run, fit, token_loss
+from nmt_cli.train import Run, fit
 from tests.conftest import tiny_model_config
 
 FAST = dict(lr=5e-3, batch_tokens=400, log_every=2, valid_every=4, valid_max_sentences=8)
@@ -118,7 +119,6 @@ def test_model_config_vocab_must_match(subword):
 
 
 def test_chunked_backward_equals_whole_loss(corpus, subword):
-    from nmt_cli.train import backward_in_chunks
 
     cfg = tiny_model_config(subword.vocab_size)
     model = build_model(cfg)
@@ -139,9 +139,7 @@ def test_patience_stops_and_plateau_lowers_the_rate(tmp_path, corpus, subword, m
     import nmt_cli.train as train_module
 
     scores = iter([5.0, 4.0, 4.0, 4.0, 4.0])
-    monkeypatch.setattr(
-        train_module, "validate", lambda *a, **k: train_module.Validation(1.0, 2.7, next(scores), "sig")
-    )
+    monkeypatch.setattr(train_module, "validate", lambda *a, **k: Validation(1.0, 2.7, next(scores), "sig"))
     run = run_for(
         tmp_path,
         corpus,
