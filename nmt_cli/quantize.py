@@ -10,6 +10,7 @@ requantizing: a cut int8 layer gives exactly the scores the full one gives for t
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +100,21 @@ class OutputRows:
             weight = torch._make_per_channel_quantized_tensor(values, scales, zero_points, 0)
         else:
             weight = torch._make_per_tensor_quantized_tensor(values, self.scales, self.zero_points)
-        cut = qdynamic.Linear(self.in_features, len(rows), dtype=torch.qint8)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the quantized-tensor deprecation notice, as in int8_dynamic
-            cut.set_weight_bias(weight, bias)
-        return cut
+            return _Int8Linear(torch.ops.quantized.linear_prepack(weight, bias))
+
+
+class _Int8Linear(nn.Module):
+    """What qdynamic.Linear computes, from packed weights (its constructor packs a dummy matrix first)."""
+
+    def __init__(self, packed: Any):
+        super().__init__()
+        self.packed = packed
+
+    def forward(self, x: Tensor) -> Tensor:
+        # reduce_range as qdynamic.Linear (version 4) uses it, so a cut layer gives the full layer's bits
+        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
 
 
 class _Linear(nn.Module):
