@@ -165,10 +165,17 @@ class Seq2Seq(nn.Module):
         return EncoderOutput(memory, self.attention.project_keys(memory), mask, self._initial_state(top))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
-        """prev_tokens (B,) -> log-probabilities of the next token (B, V), new state, attention (B, S)."""
-        gates = input_projection(self.decoder_rnn, self.tgt_embedding(prev_tokens))
-        hidden, state, attn = self._step(gates, state, enc, self._decoder_weights())
-        return StepOutput(F.log_softmax(self.generator(hidden), dim=-1), state, attn)
+        """prev_tokens (B,) -> log-probabilities of the next token (B, V), new state, attention (B, S).
+
+        Runs the decoder LSTM as a module (one fused call per step, which --int8 can quantize); training
+        steps the same weights by hand (see _step), and a test keeps the two equal.
+        """
+        emb = self.dropout(self.tgt_embedding(prev_tokens))
+        x = torch.cat([emb, state.feed], dim=1) if self.cfg.input_feeding else emb
+        out, (h, c) = self.decoder_rnn(x.unsqueeze(1), (state.h, state.c))
+        hidden, attn = self._attend(out.squeeze(1), enc)
+        feed = hidden if self.cfg.input_feeding else state.feed
+        return StepOutput(F.log_softmax(self.generator(hidden), dim=-1), DecoderState(h, c, feed), attn)
 
     # --- training -----------------------------------------------------------------------------------
 
@@ -225,7 +232,7 @@ class Seq2Seq(nn.Module):
         collectors: Collectors | None = None,
         first: bool = False,
     ) -> tuple[Tensor, DecoderState, Tensor]:
-        """One decoder step (Luong et al. 2015, §3.3 with input feeding).
+        """One teacher-forced decoder step (Luong et al. 2015, §3.3 with input feeding).
 
         gates (B, 4H) layer 0's pre-activations from the embedding -> attentional vector (B, H), new state,
         attention (B, S)
@@ -238,15 +245,23 @@ class Seq2Seq(nn.Module):
             h, c = lstm_step(gates, x, state.h[layer], state.c[layer], w, f"l{layer}", collectors, first)
             hs.append(h)
             cs.append(c)
-        query = hs[-1]
-        attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
-        context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
-        combined = linear(
-            torch.cat([context, query], dim=1), self.combine.weight, "combine", collectors, first
-        )
-        hidden = self.dropout(torch.tanh(combined))
+        hidden, attn = self._attend(hs[-1], enc, collectors, first)
         feed = hidden if self.cfg.input_feeding else state.feed
         return hidden, DecoderState(torch.stack(hs), torch.stack(cs), feed), attn
+
+    def _attend(
+        self, query: Tensor, enc: EncoderOutput, collectors: Collectors | None = None, first: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """query (B, H) -> attentional vector tanh(W_c [c_t; h_t]) (B, H) (Luong eq. 5), attention (B, S)."""
+        attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
+        context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
+        joined = torch.cat([context, query], dim=1)
+        combined = (
+            self.combine(joined)
+            if collectors is None
+            else linear(joined, self.combine.weight, "combine", collectors, first)
+        )
+        return self.dropout(torch.tanh(combined)), attn
 
     def _all_steps(self, emb: Tensor, enc: EncoderOutput) -> TeacherForced:
         """Without input feeding no step depends on the last output: one LSTM call, one attention call."""
