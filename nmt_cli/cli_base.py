@@ -64,25 +64,3 @@ def parse_duration(text: str | None) -> float | None:
     if seconds < 0:
         raise ConfigError(f"duration must not be negative, got {text!r}")
     return seconds
-
-
-def return_freed_memory() -> None:
-    """Ask glibc to give large freed blocks back to the OS instead of keeping them in the heap.
-
-    Training allocates and frees tensors of tens of MB every step; glibc's adaptive mmap threshold then
-    serves them from the heap, which fragments and keeps growing (peak RSS +30 % on base-rnn). A fixed
-    64 KiB threshold keeps big tensors in their own mappings. A no-op where glibc is not the allocator.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return
-    if mallopt is not None:
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-        mallopt(M_MMAP_THRESHOLD, 64 * 1024)
-        mallopt(M_TRIM_THRESHOLD, 1024 * 1024)

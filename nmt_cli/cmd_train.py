@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import PROCESS_START, parse_duration, return_freed_memory, set_threads, write_stdout
+from nmt_cli.cli_base import PROCESS_START, parse_duration, set_threads, write_stdout
 from nmt_cli.errors import ConfigError, InputError
 
 SECTIONS = ("model", "train", "subword")
@@ -157,7 +157,6 @@ def train(
         preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)
     )
     set_threads(train_cfg.threads)
-    return_freed_memory()
     data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""))
     _check_run_dir(out, resume, overwrite)  # before anything is written into it
     sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
@@ -248,7 +247,6 @@ def bench_train(
     if skip >= steps:
         raise ConfigError(f"--skip ({skip}) must be below --steps ({steps})")
     set_threads(threads)
-    return_freed_memory()
     if (src is None) != (tgt is None):
         raise ConfigError("give both --src and --tgt, or neither")
     src, tgt = (src, tgt) if src is not None and tgt is not None else default_corpus()
