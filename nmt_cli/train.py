@@ -161,7 +161,8 @@ def _loop(
         batches = token_batches(train, cfg.batch_tokens, cfg.seed, c.epoch)
         while c.batch_in_epoch < len(batches):
             epoch_progress = c.epoch + c.batch_in_epoch / len(batches)
-            guard = reserve * 1.2 + 2.0 if reserve else min(0.05 * cfg.time_budget, 60.0)
+            # before the first validation its cost is unknown (an untrained model decodes to the length cap)
+            guard = reserve * 1.2 + 2.0 if reserve else min(0.15 * cfg.time_budget, 120.0)
             if stopped := _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard):
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
