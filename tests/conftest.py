@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made the suite
+# up to 10x slower (set before torch starts its thread pool)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
