@@ -16,16 +16,16 @@ from torch import Tensor, nn
 
 
 class _DeferredLinear(torch.autograd.Function):
-    """x @ w.T whose weight gradient is summed over all steps of a sequence in one matmul."""
+    """add + x @ w.T whose weight gradient is summed over all steps of a sequence in one matmul."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, collector: list, first: bool) -> Tensor:
+    def forward(ctx: Any, add: Tensor, x: Tensor, weight: Tensor, collector: list, first: bool) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.collector, ctx.first = collector, first
-        return x @ weight.t()
+        return torch.addmm(add, x, weight.t())
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         ctx.collector.append((grad, x))
         grad_weight = None
@@ -33,8 +33,9 @@ class _DeferredLinear(torch.autograd.Function):
             grads, inputs = zip(*ctx.collector, strict=True)
             grad_weight = torch.cat(grads).t() @ torch.cat(inputs)
             ctx.collector.clear()
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        return grad_x, grad_weight, None, None
+        grad_add = grad if ctx.needs_input_grad[0] else None
+        grad_x = grad @ weight if ctx.needs_input_grad[1] else None
+        return grad_add, grad_x, grad_weight, None, None
 
 
 class Collectors:
@@ -47,16 +48,24 @@ class Collectors:
         return self.lists.setdefault(name, [])
 
 
-def linear(x: Tensor, weight: Tensor, name: str, collectors: Collectors | None, first: bool) -> Tensor:
-    """x (B, I) @ weight (O, I).T -> (B, O); deferred weight gradient while training."""
+def linear(
+    x: Tensor,
+    weight: Tensor,
+    name: str,
+    collectors: Collectors | None,
+    first: bool,
+    add: Tensor | None = None,
+) -> Tensor:
+    """add + x (B, I) @ weight (O, I).T -> (B, O); deferred weight gradient while training."""
     if collectors is None or not torch.is_grad_enabled():
-        return x @ weight.t()
-    return _DeferredLinear.apply(x, weight, collectors.get(name), first)
+        return x @ weight.t() if add is None else torch.addmm(add, x, weight.t())
+    if add is None:
+        add = x.new_zeros(())
+    return _DeferredLinear.apply(add, x, weight, collectors.get(name), first)
 
 
 class LayerWeights(NamedTuple):
-    w_in: Tensor  # (4H, I) input part not precomputed; may have zero columns
-    w_hh: Tensor  # (4H, H)
+    weight: Tensor  # (4H, I + H): [input columns not precomputed | recurrent], one matmul per step
     bias: Tensor  # (4H,) b_ih + b_hh
 
 
@@ -77,9 +86,8 @@ def lstm_step(
     first: bool,
 ) -> tuple[Tensor, Tensor]:
     """One LSTM layer step: gates_in (B, 4H) precomputed part, x (B, I) or None, h, c (B, H) -> h, c."""
-    gates = gates_in + linear(h, w.w_hh, f"{name}.hh", collectors, first)
-    if x is not None and x.size(1):
-        gates = gates + linear(x, w.w_in, f"{name}.in", collectors, first)
+    joined = h if x is None or not x.size(1) else torch.cat([x, h], dim=1)
+    gates = linear(joined, w.weight, name, collectors, first, add=gates_in)
     i, f, g, o = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c

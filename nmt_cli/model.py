@@ -212,12 +212,18 @@ class Seq2Seq(nn.Module):
         return DecoderState(h.contiguous(), c.contiguous(), feed)
 
     def _decoder_weights(self) -> list[LayerWeights]:
-        """Per-layer views of the decoder LSTM's weights; layer 0 without its embedding columns."""
+        """Per layer, [input | recurrent] weights side by side (layer 0 without its embedding columns),
+        so each step is one (B, I + H) x (I + H, 4H) product instead of two smaller ones."""
         rnn, e = self.decoder_rnn, self.cfg.emb_size
         return [
             LayerWeights(
-                getattr(rnn, f"weight_ih_l{i}")[:, e if i == 0 else 0 :],
-                getattr(rnn, f"weight_hh_l{i}"),
+                torch.cat(
+                    [
+                        getattr(rnn, f"weight_ih_l{i}")[:, e if i == 0 else 0 :],
+                        getattr(rnn, f"weight_hh_l{i}"),
+                    ],
+                    dim=1,
+                ),
                 getattr(rnn, f"bias_ih_l{i}") + getattr(rnn, f"bias_hh_l{i}"),
             )
             for i in range(self.cfg.decoder_layers)
