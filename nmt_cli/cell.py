@@ -38,6 +38,37 @@ class _DeferredLinear(torch.autograd.Function):
         return grad_add, grad_x, grad_weight, None, None
 
 
+class _GatesToState(torch.autograd.Function):
+    """LSTM pointwise part, gates (B, 4H) and c (B, H) -> h, c', as one autograd node.
+
+    Autograd would record nine nodes per step and keep their inputs; this keeps the four activated
+    gates and tanh(c') and writes the gate gradient in one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        H = c.size(1)
+        act = torch.sigmoid(gates)
+        act[:, 2 * H : 3 * H].copy_(torch.tanh(gates[:, 2 * H : 3 * H]))
+        i, f, g, o = act.chunk(4, dim=1)
+        c_new = torch.addcmul(f * c, i, g)
+        tanh_c = torch.tanh(c_new)
+        ctx.save_for_backward(act, c, tanh_c)
+        return o * tanh_c, c_new
+
+    @staticmethod
+    def backward(ctx: Any, grad_h: Tensor, grad_c: Tensor) -> tuple[Tensor, Tensor]:
+        act, c, tanh_c = ctx.saved_tensors
+        i, f, g, o = act.chunk(4, dim=1)
+        grad_c = torch.addcmul(grad_c, grad_h * o, 1 - tanh_c * tanh_c)
+        d_act = torch.cat([grad_c * g, grad_c * c, grad_c * i, grad_h * tanh_c], dim=1)
+        # sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - t^2 for g
+        slope = act * (1 - act)
+        H = c.size(1)
+        slope[:, 2 * H : 3 * H] = 1 - g * g
+        return d_act * slope, grad_c * f
+
+
 class Collectors:
     """One gradient collector per recurrent weight, made fresh for each teacher-forced batch."""
 
@@ -88,6 +119,8 @@ def lstm_step(
     """One LSTM layer step: gates_in (B, 4H) precomputed part, x (B, I) or None, h, c (B, H) -> h, c."""
     joined = h if x is None or not x.size(1) else torch.cat([x, h], dim=1)
     gates = linear(joined, w.weight, name, collectors, first, add=gates_in)
-    i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    if collectors is None or not torch.is_grad_enabled():
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    return _GatesToState.apply(gates, c)
