@@ -189,10 +189,12 @@ class Seq2Seq(nn.Module):
         # instead of filling a zero (B, T, 4H) tensor for every step
         steps = input_projection(self.decoder_rnn, emb).unbind(1)
         weights, collectors = self._decoder_weights(), Collectors()
-        state, hiddens, attns = enc.state, [], []
+        # per-layer lists, not (L, B, H) tensors: no stack per step, no zero-filled select gradients
+        hs, cs, feed = list(enc.state.h.unbind(0)), list(enc.state.c.unbind(0)), enc.state.feed
+        hiddens, attns = [], []
         for t, gates in enumerate(steps):
-            hidden, state, attn = self._step(gates, state, enc, weights, collectors, first=t == 0)
-            hiddens.append(hidden)
+            feed, attn = self._step(gates, hs, cs, feed, enc, weights, collectors, first=t == 0)
+            hiddens.append(feed)
             attns.append(attn)
         return TeacherForced(torch.stack(hiddens, 1), torch.stack(attns, 1))
 
@@ -232,28 +234,27 @@ class Seq2Seq(nn.Module):
     def _step(
         self,
         gates: Tensor,
-        state: DecoderState,
+        hs: list[Tensor],
+        cs: list[Tensor],
+        feed: Tensor,
         enc: EncoderOutput,
         weights: list[LayerWeights],
-        collectors: Collectors | None = None,
-        first: bool = False,
-    ) -> tuple[Tensor, DecoderState, Tensor]:
-        """One teacher-forced decoder step (Luong et al. 2015, §3.3 with input feeding).
+        collectors: Collectors,
+        first: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """One teacher-forced decoder step with input feeding (Luong et al. 2015, §3.3).
 
-        gates (B, 4H) layer 0's pre-activations from the embedding -> attentional vector (B, H), new state,
-        attention (B, S)
+        gates (B, 4H) layer 0's pre-activations from the embedding, hs / cs per-layer states (B, H),
+        updated in place, feed (B, H) the last attentional vector -> the new one (B, H), attention (B, S)
         """
-        x = state.feed if self.cfg.input_feeding else None
-        hs, cs = [], []
+        x = feed
         for layer, w in enumerate(weights):
             if layer:
-                x, gates = self.dropout_between(hs[-1]), w.bias
-            h, c = lstm_step(gates, x, state.h[layer], state.c[layer], w, f"l{layer}", collectors, first)
-            hs.append(h)
-            cs.append(c)
-        hidden, attn = self._attend(hs[-1], enc, collectors, first)
-        feed = hidden if self.cfg.input_feeding else state.feed
-        return hidden, DecoderState(torch.stack(hs), torch.stack(cs), feed), attn
+                x, gates = self.dropout_between(hs[layer - 1]), w.bias
+            hs[layer], cs[layer] = lstm_step(
+                gates, x, hs[layer], cs[layer], w, f"l{layer}", collectors, first
+            )
+        return self._attend(hs[-1], enc, collectors, first)
 
     def _attend(
         self, query: Tensor, enc: EncoderOutput, collectors: Collectors | None = None, first: bool = False
