@@ -8,9 +8,17 @@ once serves training without input feeding.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+MatVec = Callable[[Tensor, Tensor], Tensor]
+
+
+def bmv(mat: Tensor, vec: Tensor) -> Tensor:
+    """mat (B, S, D) @ vec (B, D) -> (B, S). Training passes its own, with a deferred gradient for mat."""
+    return torch.bmm(mat, vec.unsqueeze(2)).squeeze(2)
 
 
 def masked_softmax(energies: Tensor, mask: Tensor) -> Tensor:
@@ -34,10 +42,11 @@ class LuongAttention(nn.Module):
         """memory (B, S, M) -> keys (B, S, H)."""
         return self.key_proj(memory) if self.key_proj is not None else memory
 
-    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, matvec: MatVec = bmv) -> Tensor:
         """query (B, H) or (B, T, H), keys (B, S, H) -> energies (B, S) or (B, T, S)."""
         if query.dim() == 2:
-            return torch.bmm(keys, query.unsqueeze(2)).squeeze(2) * self.scale
+            energies = matvec(keys, query)
+            return energies * self.scale if self.scale != 1.0 else energies
         return torch.bmm(query, keys.transpose(1, 2)) * self.scale
 
 
@@ -58,7 +67,7 @@ class BahdanauAttention(nn.Module):
         """memory (B, S, M) -> keys (B, S, H)."""
         return self.key_proj(memory)
 
-    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, matvec: MatVec = bmv) -> Tensor:
         """query (B, H) or (B, T, H), keys (B, S, H) -> energies (B, S) or (B, T, S)."""
         q = self.query_proj(query)
         if query.dim() == 2:

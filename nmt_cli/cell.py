@@ -38,6 +38,51 @@ class _DeferredLinear(torch.autograd.Function):
         return grad_add, grad_x, grad_weight, None, None
 
 
+class _DeferredMatvec(torch.autograd.Function):
+    """Per row b: mat[b] (S, D) @ vec[b] (D,) -> (B, S), or with `transposed` vec[b] (S,) @ mat[b] -> (B, D).
+
+    Attention reads the same encoder keys and memory at every decoder step. Autograd would write a
+    (B, S, D) outer product per step and add it into their gradient; here the pairs are kept and the
+    gradient is one batched matmul over all steps when the backward pass reaches step 0.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, mat: Tensor, vec: Tensor, collector: list, first: bool, transposed: bool) -> Tensor:
+        ctx.save_for_backward(mat, vec)
+        ctx.collector, ctx.first, ctx.transposed = collector, first, transposed
+        if transposed:
+            return torch.bmm(vec.unsqueeze(1), mat).squeeze(1)
+        return torch.bmm(mat, vec.unsqueeze(2)).squeeze(2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mat, vec = ctx.saved_tensors
+        # grad_mat[b] = sum over steps of left[b] (S,) outer right[b] (D,)
+        ctx.collector.append((vec, grad) if ctx.transposed else (grad, vec))
+        grad_mat = None
+        if ctx.first:
+            lefts, rights = zip(*ctx.collector, strict=True)
+            grad_mat = torch.bmm(torch.stack(lefts, 2), torch.stack(rights, 1))
+            ctx.collector.clear()
+        if ctx.transposed:
+            grad_vec = torch.bmm(mat, grad.unsqueeze(2)).squeeze(2)
+        else:
+            grad_vec = torch.bmm(grad.unsqueeze(1), mat).squeeze(1)
+        return grad_mat, grad_vec, None, None, None
+
+
+def matvec(
+    mat: Tensor, vec: Tensor, name: str, collectors: Collectors | None, first: bool, transposed: bool = False
+) -> Tensor:
+    """mat (B, S, D) @ vec (B, D) -> (B, S), or vec (B, S) @ mat -> (B, D) when transposed; while
+    training, mat's gradient is deferred to one batched matmul at step 0."""
+    if collectors is None or not torch.is_grad_enabled():
+        if transposed:
+            return torch.bmm(vec.unsqueeze(1), mat).squeeze(1)
+        return torch.bmm(mat, vec.unsqueeze(2)).squeeze(2)
+    return _DeferredMatvec.apply(mat, vec, collectors.get(name), first, transposed)
+
+
 class _GatesToState(torch.autograd.Function):
     """LSTM pointwise part, gates (B, 4H) and c (B, H) -> h, c', as one autograd node.
 

@@ -7,6 +7,7 @@ input feeding off, the whole decoder LSTM and attention in one call each (equal 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt_cli.attention import build_attention, masked_softmax
-from nmt_cli.cell import Collectors, LayerWeights, input_projection, linear, lstm_step
+from nmt_cli.cell import Collectors, LayerWeights, input_projection, linear, lstm_step, matvec
 from nmt_cli.config import ModelConfig
 
 PAD = 0  # the subword module fixes PAD=0, UNK=1, BOS=2, EOS=3; the model only needs PAD
@@ -260,8 +261,13 @@ class Seq2Seq(nn.Module):
         self, query: Tensor, enc: EncoderOutput, collectors: Collectors | None = None, first: bool = False
     ) -> tuple[Tensor, Tensor]:
         """query (B, H) -> attentional vector tanh(W_c [c_t; h_t]) (B, H) (Luong eq. 5), attention (B, S)."""
-        attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
-        context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
+        if collectors is None:
+            attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
+            context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
+        else:
+            keys_matvec = partial(matvec, name="keys", collectors=collectors, first=first)
+            attn = masked_softmax(self.attention.score(query, enc.keys, keys_matvec), enc.mask)
+            context = matvec(enc.memory, attn, "memory", collectors, first, transposed=True)
         joined = torch.cat([context, query], dim=1)
         combined = (
             self.combine(joined)
