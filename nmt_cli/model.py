@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from nmt_cli.attention import build_attention, masked_softmax
 from nmt_cli.cell import Collectors, LayerWeights, input_projection, linear, lstm_step, matvec
 from nmt_cli.config import ModelConfig
+from nmt_cli.dropout import Dropout
 
 PAD = 0  # the subword module fixes PAD=0, UNK=1, BOS=2, EOS=3; the model only needs PAD
 
@@ -100,7 +101,7 @@ class Encoder(nn.Module):
             )
             for i in range(cfg.encoder_layers)
         )
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, S), src_lengths (B,) -> memory (B, S, M), final top-layer state (B, M)."""
@@ -142,8 +143,8 @@ class Seq2Seq(nn.Module):
         )
         self.attention = build_attention(cfg.attention, H, cfg.memory_size)
         self.combine = nn.Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.dropout_between = nn.Dropout(cfg.dropout if L > 1 else 0.0)  # as nn.LSTM between its layers
+        self.dropout = Dropout(cfg.dropout)
+        self.dropout_between = Dropout(cfg.dropout if L > 1 else 0.0)  # as nn.LSTM between its layers
         self.generator = nn.Linear(H, cfg.vocab_size)
         self.reset_parameters()
         if cfg.tie_embeddings:
