@@ -10,6 +10,8 @@ NMT=${NMT:-.venv/bin/nmt}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 out=runs/bench-$preset-$s-$t-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
+# the code that trains: COMMIT when NMT points at another checkout, else this one's HEAD
+echo "${COMMIT:-$(git rev-parse --short HEAD)}" > "$out/commit"
 $NMT prepare --src "$D/train.$s" --tgt "$D/train.$t" --vocab-size 8000 -o "$out" > "$out/prepare.txt"
 /usr/bin/time -v -o "$out/train.time" $NMT train --preset "$preset" --src "$D/train.$s" --tgt "$D/train.$t" \
     --dev-src "$D/val.$s" --dev-tgt "$D/val.$t" --spm "$out/spm.model" --time-budget "$budget" \

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -63,11 +62,11 @@ def main(run: Path, preset: str, direction: str) -> None:
     if points:
         draw(points, run / "learning-curve.png", f"{preset} {direction}")
     first30 = next((m for m, b in points if b >= 30.0), None)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = (run / "commit").read_text().strip()  # written by quality.sh when training began
     g, b = scores[1], scores[5]
     cells = [
         str(date.today()),
-        git.stdout.strip(),
+        commit,
         preset,
         direction,
         summary["steps"],
