@@ -1,7 +1,10 @@
 """Summarise one bench/quality.sh run directory as a Markdown row for BENCHMARKS.md (on stdout).
 
-Also draws the learning curve (greedy test BLEU of the per-minute snapshots against wall-clock minutes)
-into RUN/learning-curve.png.
+Also draws the learning curve into RUN/learning-curve.png: dev BLEU at each validation and greedy test
+BLEU of the per-minute snapshots, against wall-clock minutes of training.
+
+    python bench/quality_row.py RUN PRESET DIRECTION        the row, and RUN/learning-curve.png
+    python bench/quality_row.py --plot OUT.png RUN [RUN...]  several runs' curves in one picture
 """
 
 from __future__ import annotations
@@ -38,17 +41,35 @@ def curve(run: Path) -> list[tuple[float, float]]:
     return points
 
 
-def draw(points: list[tuple[float, float]], path: Path, title: str) -> None:
+def dev_curve(run: Path) -> list[tuple[float, float]]:
+    """(minutes, dev BLEU) of each validation in RUN/log.jsonl."""
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [
+        (r["wall"] / 60, r["dev_bleu"]) for r in log if r["kind"] == "valid" and r.get("dev_bleu") is not None
+    ]
+
+
+def draw(runs: list[tuple[str, Path]], path: Path, title: str) -> None:
+    """Dev BLEU (solid) and greedy test BLEU of the snapshots (dashed) by wall-clock minute, per run."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6.4, 3.8), dpi=100)
     ax = fig.add_subplot()
-    ax.plot([m for m, _ in points], [b for _, b in points], marker="o")
-    ax.axhline(30.0, color="grey", linestyle="--", linewidth=0.8)
+    for i, (label, run) in enumerate(runs):
+        colour = f"C{i}"
+        dev, test = dev_curve(run), curve(run)
+        if dev:
+            ax.plot(*zip(*dev, strict=True), color=colour, marker="o", label=f"{label}: dev")
+        if test:
+            ax.plot(
+                *zip(*test, strict=True), color=colour, marker=".", linestyle="--", label=f"{label}: test2016"
+            )
+    ax.axhline(30.0, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel("wall-clock minutes of training")
-    ax.set_ylabel("test2016 BLEU (greedy)")
+    ax.set_ylabel("BLEU (greedy)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -59,8 +80,7 @@ def main(run: Path, preset: str, direction: str) -> None:
     summary = dict(line.split("\t", 1) for line in (run / "train.out").read_text().splitlines())
     scores = {b: {r["name"]: r for r in json.loads((run / f"test.b{b}.json").read_text())} for b in (1, 5)}
     points = curve(run)
-    if points:
-        draw(points, run / "learning-curve.png", f"{preset} {direction}")
+    draw([(preset, run)], run / "learning-curve.png", f"{preset} {direction}")
     first30 = next((m for m, b in points if b >= 30.0), None)
     commit = (run / "commit").read_text().strip()  # written by quality.sh when training began
     g, b = scores[1], scores[5]
@@ -83,5 +103,15 @@ def main(run: Path, preset: str, direction: str) -> None:
     print("curve (minute, greedy BLEU): " + ", ".join(f"{m}: {s:.1f}" for m, s in points), file=sys.stderr)
 
 
+def label(run: Path) -> str:
+    """bench-PRESET-SRC-TGT-DATE-TIME -> PRESET SRC-TGT"""
+    parts = run.name.split("-")[1:-2]
+    return f"{'-'.join(parts[:-2])} {parts[-2]}-{parts[-1]}"
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "--plot":
+        runs = [Path(a) for a in sys.argv[3:]]
+        draw([(label(r), r) for r in runs], Path(sys.argv[2]), "Multi30k, 2 CPU cores, 15-minute budget")
+    else:
+        main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
