@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
 from nmt_cli import __version__
@@ -26,6 +27,7 @@ from nmt_cli.textio import atomic_write
 
 FORMAT = "nmt-ckpt/1"
 SPM_KEY = "__subword_model__"
+MAX_HEADER = 100_000_000  # as safetensors itself: a longer header is not one
 EXTRA_PREFIX = "__extra__."  # tensors that are not weights, e.g. a shortlist table; the model ignores them
 
 
@@ -51,11 +53,20 @@ def _unique_tensors(model: Seq2Seq) -> dict[str, torch.Tensor]:
 
 
 def _tied_aliases(model: Seq2Seq, saved: dict[str, torch.Tensor]) -> set[str]:
-    """Names that share storage with a saved name (tied weights are saved once)."""
-    by_storage: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict().items():
-        by_storage.setdefault(tensor.data_ptr(), []).append(name)
-    return {name for names in by_storage.values() if any(n in saved for n in names) for name in names}
+    """Names of parameters that are one tensor with a saved name (tied weights are saved once)."""
+    by_param: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_param.setdefault(id(param), []).append(name)
+    return {name for names in by_param.values() if any(n in saved for n in names) for name in names}
+
+
+def _file_digest(path: str) -> str:
+    """First 8 hex digits of the file's sha256, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:8]
 
 
 def model_bytes(
@@ -104,17 +115,15 @@ def _read_header(blob: bytes, path: str) -> dict[str, str]:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Rebuild the model in eval mode from a model.nmt file, without unpickling anything."""
+    """Rebuild the model in eval mode from a model.nmt file, without unpickling anything.
+
+    The model is built on the meta device and takes the file's tensors as its parameters (assign=True):
+    no random initialisation, and the weights are in memory once, not twice.
+    """
     path = str(path)
+    _, _, metadata = read_info(path)
     try:
-        blob = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError("no such model file", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read model file: {e.strerror}", path) from None
-    metadata = _read_header(blob, path)
-    try:
-        tensors = load_safetensors(blob)
+        tensors = load_safetensors_file(path)
         cfg = from_json(ModelConfig, metadata["config"])
     except (SafetensorError, KeyError, ConfigError, ValueError) as e:
         raise CheckpointError(f"damaged model file: {e}", path) from None
@@ -124,18 +133,24 @@ def load_model(path: str | Path) -> LoadedModel:
         for name in list(tensors)
         if name.startswith(EXTRA_PREFIX)
     }
-    digest = hashlib.sha256(blob).hexdigest()[:8]
-    del blob  # the weights are in `tensors` now: do not hold the file twice while the model is built
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [name for name in missing if name not in _tied_aliases(model, tensors)]
-    if missing or unexpected:
+    with torch.device("meta"):
+        model = build_model(cfg)
+    aliases = _tied_aliases(model, tensors)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as e:  # shapes that do not fit the config
+        raise CheckpointError(
+            f"weights do not fit the config: {str(e).splitlines()[-1].strip()}", path
+        ) from None
+    model.tie_weights()  # assign replaced the tied parameter on one side only
+    missing = [name for name in missing if name not in aliases]
+    if missing or unexpected or any(p.is_meta for p in model.parameters()):
         raise CheckpointError(
             f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}", path
         )
     model.eval()
     info = json.loads(metadata.get("info", "{}"))
-    return LoadedModel(model, cfg, subword, info, digest, extras)
+    return LoadedModel(model, cfg, subword, info, _file_digest(path), extras)
 
 
 def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:
@@ -143,9 +158,14 @@ def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, 
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-            blob = head + f.read(int.from_bytes(head, "little"))
+            size = int.from_bytes(head, "little")
+            if len(head) < 8 or size > MAX_HEADER:
+                raise CheckpointError("not an nmt model file (no safetensors header)", str(path))
+            blob = head + f.read(size)
     except FileNotFoundError:
         raise InputError("no such model file", str(path)) from None
+    except OSError as e:
+        raise InputError(f"cannot read model file: {e.strerror}", str(path)) from None
     metadata = _read_header(blob, str(path))
     return from_json(ModelConfig, metadata["config"]), json.loads(metadata.get("info", "{}")), metadata
 
@@ -171,7 +191,7 @@ def load_subword(path: str | Path) -> Subword:
     """The subword model of a model.nmt file, or a plain SentencePiece model file."""
     with open_or_fail(path) as f:
         head = f.read(8)
-    if len(head) == 8 and 0 < int.from_bytes(head, "little") < 100_000_000:
+    if len(head) == 8 and 0 < int.from_bytes(head, "little") < MAX_HEADER:
         try:
             blob = Path(path).read_bytes()
             _read_header(blob, str(path))

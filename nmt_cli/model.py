@@ -147,7 +147,11 @@ class Seq2Seq(nn.Module):
         self.dropout_between = Dropout(cfg.dropout if L > 1 else 0.0)  # as nn.LSTM between its layers
         self.generator = nn.Linear(H, cfg.vocab_size)
         self.reset_parameters()
-        if cfg.tie_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """With tie_embeddings, the output layer's weight is the target embedding (one tensor)."""
+        if self.cfg.tie_embeddings:
             self.generator.weight = self.tgt_embedding.weight
 
     def reset_parameters(self, scale: float = 0.1) -> None:

@@ -4,6 +4,7 @@ import json
 import pickle
 
 import pytest
+import safetensors.torch
 import torch
 
 from nmt_cli.checkpoint import (
@@ -42,13 +43,15 @@ def test_load_needs_no_pickle(trained, monkeypatch):
     assert load_model(trained.parent / "last.nmt").info["step"] == 150
 
 
-def test_round_trip_with_tied_weights(tmp_path, subword):
+@pytest.mark.parametrize("share", [True, False])
+def test_round_trip_with_tied_weights(tmp_path, subword, share):
     model = build_model(
-        tiny_model_config(subword.vocab_size, emb_size=128, tie_embeddings=True, share_embeddings=True)
+        tiny_model_config(subword.vocab_size, emb_size=128, tie_embeddings=True, share_embeddings=share)
     )
     save_model(tmp_path / "m.nmt", model, subword, {"note": "x"})
     loaded = load_model(tmp_path / "m.nmt")
     assert loaded.model.generator.weight is loaded.model.tgt_embedding.weight
+    assert (loaded.model.encoder.embedding.weight is loaded.model.tgt_embedding.weight) == share
     for (name, a), b in zip(model.state_dict().items(), loaded.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     cfg, info, _ = read_info(tmp_path / "m.nmt")
@@ -92,3 +95,18 @@ def test_average_is_the_elementwise_mean(tmp_path, subword):
     save_model(tmp_path / "dot.nmt", other, subword)
     with pytest.raises(CheckpointError, match="config differs"):
         average_models([paths[0], tmp_path / "dot.nmt"])
+
+
+@pytest.mark.parametrize("damage", ["drop", "reshape"])
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, subword, damage):
+    model = build_model(tiny_model_config(subword.vocab_size))
+    save_model(tmp_path / "m.nmt", model, subword)
+    tensors = safetensors.torch.load_file(tmp_path / "m.nmt")
+    if damage == "drop":
+        del tensors["generator.bias"]
+    else:
+        tensors["generator.bias"] = torch.zeros(3)
+    metadata = read_info(tmp_path / "m.nmt")[2]
+    safetensors.torch.save_file(tensors, tmp_path / "bad.nmt", metadata=metadata)
+    with pytest.raises(CheckpointError, match="weights do not fit the config.*generator.bias"):
+        load_model(tmp_path / "bad.nmt")
