@@ -114,6 +114,19 @@ def test_loss_equals_per_token_cross_entropy(corpus, subword, attention, input_f
     assert torch.allclose(token_loss(model, batch), expected, rtol=1e-5)
 
 
+def test_label_smoothing_mixes_in_the_uniform_distribution(corpus, subword):
+    # smoothed loss = (1 - eps) * NLL + eps * mean over the vocabulary of -log p, summed over real tokens
+    model = build_model(tiny_model_config(subword.vocab_size)).eval()
+    examples, _ = load_parallel(corpus.dev_src, corpus.dev_tgt, subword, 100)
+    batch = collate(examples[:5])
+    log_p = model.log_probs(model.teacher_force(batch.src, batch.src_lengths, batch.tgt_in).hidden)
+    real = batch.tgt_out != 0
+    nll = -log_p[real].gather(1, batch.tgt_out[real].unsqueeze(1)).sum()
+    uniform = -log_p[real].mean(dim=1).sum()
+    smoothed = token_loss(model, batch, label_smoothing=0.1)
+    assert torch.allclose(smoothed, 0.9 * nll + 0.1 * uniform, rtol=1e-5)
+
+
 def test_model_config_vocab_must_match(subword):
     assert isinstance(tiny_model_config(subword.vocab_size), ModelConfig)
 
