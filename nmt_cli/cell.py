@@ -5,6 +5,8 @@ that also builds and accumulates full weight gradients. Here the embedding part 
 is done for all steps in one matmul before the loop, and each recurrent matmul's weight gradient is
 collected over the steps and computed once, as a single large matmul, when the backward pass reaches
 step 0. The arithmetic is exactly that of nn.LSTM (gate order i, f, g, o), so both paths share weights.
+Attention's per-step products with the encoder keys and memory (`matvec`) defer their gradient the same
+way, as one batched matmul over all steps.
 """
 
 from __future__ import annotations
