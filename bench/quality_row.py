@@ -4,7 +4,7 @@ Also draws the learning curve into RUN/learning-curve.png: dev BLEU at each vali
 BLEU of the per-minute snapshots, against wall-clock minutes of training.
 
     python bench/quality_row.py RUN PRESET DIRECTION        the row, and RUN/learning-curve.png
-    python bench/quality_row.py --plot OUT.png RUN [RUN...]  several runs' curves in one picture
+    python bench/quality_row.py --plot OUT.png [LABEL=]RUN ...  several runs' curves in one picture
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def label(run: Path) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--plot":
-        runs = [Path(a) for a in sys.argv[3:]]
-        draw([(label(r), r) for r in runs], Path(sys.argv[2]), "Multi30k, 2 CPU cores, 15-minute budget")
+    if sys.argv[1] == "--plot":  # each RUN may be LABEL=RUN
+        runs = [(a.split("=", 1) if "=" in a else (label(Path(a)), a)) for a in sys.argv[3:]]
+        title = "Multi30k, 2 CPU cores, 15-minute budget"
+        draw([(name, Path(r)) for name, r in runs], Path(sys.argv[2]), title)
     else:
         main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
