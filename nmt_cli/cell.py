@@ -40,8 +40,15 @@ class _DeferredLinear(torch.autograd.Function):
         return grad_add, grad_x, grad_weight, None, None
 
 
+def _bmv(mat: Tensor, vec: Tensor, transposed: bool) -> Tensor:
+    """mat (B, S, D) @ vec (B, D) -> (B, S), or with `transposed` vec (B, S) @ mat -> (B, D)."""
+    if transposed:
+        return torch.bmm(vec.unsqueeze(1), mat).squeeze(1)
+    return torch.bmm(mat, vec.unsqueeze(2)).squeeze(2)
+
+
 class _DeferredMatvec(torch.autograd.Function):
-    """Per row b: mat[b] (S, D) @ vec[b] (D,) -> (B, S), or with `transposed` vec[b] (S,) @ mat[b] -> (B, D).
+    """_bmv whose gradient for mat is summed over all steps of a sequence in one batched matmul.
 
     Attention reads the same encoder keys and memory at every decoder step. Autograd would write a
     (B, S, D) outer product per step and add it into their gradient; here the pairs are kept and the
@@ -52,9 +59,7 @@ class _DeferredMatvec(torch.autograd.Function):
     def forward(ctx: Any, mat: Tensor, vec: Tensor, collector: list, first: bool, transposed: bool) -> Tensor:
         ctx.save_for_backward(mat, vec)
         ctx.collector, ctx.first, ctx.transposed = collector, first, transposed
-        if transposed:
-            return torch.bmm(vec.unsqueeze(1), mat).squeeze(1)
-        return torch.bmm(mat, vec.unsqueeze(2)).squeeze(2)
+        return _bmv(mat, vec, transposed)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -66,11 +71,8 @@ class _DeferredMatvec(torch.autograd.Function):
             lefts, rights = zip(*ctx.collector, strict=True)
             grad_mat = torch.bmm(torch.stack(lefts, 2), torch.stack(rights, 1))
             ctx.collector.clear()
-        if ctx.transposed:
-            grad_vec = torch.bmm(mat, grad.unsqueeze(2)).squeeze(2)
-        else:
-            grad_vec = torch.bmm(grad.unsqueeze(1), mat).squeeze(1)
-        return grad_mat, grad_vec, None, None, None
+        # the gradient for vec is the product the other way round
+        return grad_mat, _bmv(mat, grad, not ctx.transposed), None, None, None
 
 
 def matvec(
@@ -79,9 +81,7 @@ def matvec(
     """mat (B, S, D) @ vec (B, D) -> (B, S), or vec (B, S) @ mat -> (B, D) when transposed; while
     training, mat's gradient is deferred to one batched matmul at step 0."""
     if collectors is None or not torch.is_grad_enabled():
-        if transposed:
-            return torch.bmm(vec.unsqueeze(1), mat).squeeze(1)
-        return torch.bmm(mat, vec.unsqueeze(2)).squeeze(2)
+        return _bmv(mat, vec, transposed)
     return _DeferredMatvec.apply(mat, vec, collectors.get(name), first, transposed)
 
 
@@ -130,12 +130,12 @@ def linear(
     x: Tensor,
     weight: Tensor,
     name: str,
-    collectors: Collectors | None,
+    collectors: Collectors,
     first: bool,
     add: Tensor | None = None,
 ) -> Tensor:
     """add + x (B, I) @ weight (O, I).T -> (B, O); deferred weight gradient while training."""
-    if collectors is None or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled():
         return x @ weight.t() if add is None else torch.addmm(add, x, weight.t())
     if add is None:
         add = x.new_zeros(())
@@ -155,19 +155,14 @@ def input_projection(rnn: nn.LSTM, emb: Tensor) -> Tensor:
 
 def lstm_step(
     gates_in: Tensor,
-    x: Tensor | None,
+    x: Tensor,
     h: Tensor,
     c: Tensor,
     w: LayerWeights,
     name: str,
-    collectors: Collectors | None,
+    collectors: Collectors,
     first: bool,
 ) -> tuple[Tensor, Tensor]:
-    """One LSTM layer step: gates_in (B, 4H) precomputed part, x (B, I) or None, h, c (B, H) -> h, c."""
-    joined = h if x is None or not x.size(1) else torch.cat([x, h], dim=1)
-    gates = linear(joined, w.weight, name, collectors, first, add=gates_in)
-    if collectors is None or not torch.is_grad_enabled():
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+    """One LSTM layer step: gates_in (B, 4H) precomputed part, x (B, I), h, c (B, H) -> h, c."""
+    gates = linear(torch.cat([x, h], dim=1), w.weight, name, collectors, first, add=gates_in)
     return _GatesToState.apply(gates, c)

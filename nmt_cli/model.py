@@ -266,15 +266,11 @@ class Seq2Seq(nn.Module):
         self, query: Tensor, enc: EncoderOutput, collectors: Collectors | None = None, first: bool = False
     ) -> tuple[Tensor, Tensor]:
         """query (B, H) -> attentional vector tanh(W_c [c_t; h_t]) (B, H) (Luong eq. 5), attention (B, S)."""
-        if collectors is None:
-            attn = masked_softmax(self.attention.score(query, enc.keys), enc.mask)
-            context = torch.bmm(attn.unsqueeze(1), enc.memory).squeeze(1)
-        else:
-            keys_matvec = partial(matvec, name="keys", collectors=collectors, first=first)
-            attn = masked_softmax(self.attention.score(query, enc.keys, keys_matvec), enc.mask)
-            context = matvec(enc.memory, attn, "memory", collectors, first, transposed=True)
+        keys_matvec = partial(matvec, name="keys", collectors=collectors, first=first)
+        attn = masked_softmax(self.attention.score(query, enc.keys, keys_matvec), enc.mask)
+        context = matvec(enc.memory, attn, "memory", collectors, first, transposed=True)
         joined = torch.cat([context, query], dim=1)
-        combined = (
+        combined = (  # decoding calls the module, which --int8 may have replaced by an int8 layer
             self.combine(joined)
             if collectors is None
             else linear(joined, self.combine.weight, "combine", collectors, first)
