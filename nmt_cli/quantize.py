@@ -63,11 +63,6 @@ def is_int8(model: nn.Module) -> bool:
     return any(isinstance(m, (qdynamic.Linear, qdynamic.LSTM)) for m in model.modules())
 
 
-def restrict_rows(linear: nn.Module, rows: Tensor) -> nn.Module:
-    """A Linear layer computing only output rows `rows` (V',): x (..., H) -> (..., V'); fp32 or int8."""
-    return OutputRows(linear).cut(rows)
-
-
 class OutputRows:
     """An output layer's weights, unpacked once; cut(rows) gives a layer for a subset of its rows.
 

@@ -8,7 +8,7 @@ import torch
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
-from nmt_cli.quantize import int8_dynamic, is_int8, restrict_rows
+from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8
 from nmt_cli.textio import read_lines
 
 
@@ -87,9 +87,9 @@ def test_an_output_layer_cut_to_rows_scores_them_exactly(models, int8):
     rows = torch.tensor([0, 3, 7, 8, 100, fp32.config.vocab_size - 1])
     hidden = torch.randn(5, fp32.config.decoder_hidden, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        cut, full = restrict_rows(layer, rows)(hidden), layer(hidden)[:, rows]
+        cut, full = OutputRows(layer).cut(rows)(hidden), layer(hidden)[:, rows]
         # int8 sums int8 products in int32, so any subset of rows gives the same bits; fp32 BLAS may
         # block a narrower matrix differently, which moves the last bits only
         assert torch.equal(cut, full) if int8 else torch.allclose(cut, full, rtol=0, atol=1e-5)
         everything = torch.arange(fp32.config.vocab_size)
-        assert torch.equal(restrict_rows(layer, everything)(hidden), layer(hidden))
+        assert torch.equal(OutputRows(layer).cut(everything)(hidden), layer(hidden))
