@@ -119,7 +119,7 @@ def load_model(path: str | Path) -> LoadedModel:
 
     The file is memory-mapped (copy on write) and its tensors become the parameters (assign=True), so
     the weights are not copied: against reading the bytes and copying them into a built model, peak
-    RSS drops from 332 to 284 MB and loading from 0.19 to 0.14 s for base-rnn. (Building on the meta
+    RSS drops from 324 to 278 MB and loading from 0.16-0.21 to 0.12-0.13 s for base-rnn. (Building on the meta
     device instead costs a second: the first device context imports half of torch.)
     """
     path = str(path)
