@@ -121,21 +121,31 @@ def build_table(
     return LexicalTable(torch.from_numpy(table), torch.from_numpy(common.astype(np.int64)))
 
 
+def shortlist_masks(src_batch: Sequence[Sequence[int]], lex: LexicalTable, k: int) -> Tensor:
+    """(B, V) True where a target id is in that sentence's shortlist: its table rows, the frequent
+    ids and the special ids. One scatter for the whole batch, not a set per sentence."""
+    V = lex.table.size(0)
+    lengths = torch.tensor([len(src) for src in src_batch], dtype=torch.long)
+    src = torch.tensor([i for src in src_batch for i in src], dtype=torch.long)
+    targets = lex.table[src, :k]  # (pieces, k), -1 where a piece has fewer entries
+    rows = torch.arange(len(src_batch)).repeat_interleave(lengths).unsqueeze(1).expand_as(targets)
+    masks = torch.zeros(len(src_batch), V + 1, dtype=torch.bool)  # column V takes the -1 entries
+    masks[rows, targets.where(targets >= 0, V)] = True
+    masks[:, list(SPECIAL_IDS)] = True
+    masks[:, lex.frequent] = True
+    return masks[:, :V]
+
+
 def sentence_vocab(src: Sequence[int], lex: LexicalTable, k: int) -> Tensor:
     """One sentence's shortlist: ascending target ids (n,), the special ids first."""
-    rows = lex.table[torch.as_tensor(list(src), dtype=torch.long), :k].flatten()
-    ids = torch.cat([torch.tensor(SPECIAL_IDS), lex.frequent, rows[rows >= 0]])
-    return torch.unique(ids)  # sorted
+    return shortlist_masks([src], lex, k)[0].nonzero().flatten()
 
 
 def batch_shortlist(src_batch: Sequence[Sequence[int]], lex: LexicalTable, k: int) -> Shortlist:
     """The union of a batch's shortlists as output columns, and which columns each sentence may use."""
-    lists = [sentence_vocab(src, lex, k) for src in src_batch]
-    vocab = torch.unique(torch.cat(lists))
-    allowed = torch.zeros(len(lists), len(vocab), dtype=torch.bool)
-    for b, ids in enumerate(lists):
-        allowed[b, torch.searchsorted(vocab, ids)] = True
-    return Shortlist(vocab, allowed)
+    masks = shortlist_masks(src_batch, lex, k)
+    vocab = masks.any(dim=0).nonzero().flatten()
+    return Shortlist(vocab, masks[:, vocab])
 
 
 def with_output_layer(model: Seq2Seq, output: nn.Module) -> Seq2Seq:
