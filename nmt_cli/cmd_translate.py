@@ -127,7 +127,7 @@ def translate(
         ban_unk=ban_unk,
         shortlist=shortlist,
     )
-    loaded = for_decoding(load_model(model), int8)
+    loaded = for_decoding(load_model(model, mapped=not int8), int8)
     signature = decode_signature(loaded, cfg)
     if not quiet:
         console.print(signature, markup=False, highlight=False)

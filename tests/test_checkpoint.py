@@ -110,3 +110,10 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, subword, damag
     safetensors.torch.save_file(tensors, tmp_path / "bad.nmt", metadata=metadata)
     with pytest.raises(CheckpointError, match="weights do not fit the config.*generator.bias"):
         load_model(tmp_path / "bad.nmt")
+
+
+def test_unmapped_load_gives_the_same_weights(trained):
+    mapped, unmapped = load_model(trained), load_model(trained, mapped=False)
+    a, b = mapped.model.state_dict(), unmapped.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert unmapped.subword.vocab_size == mapped.subword.vocab_size and unmapped.digest == mapped.digest

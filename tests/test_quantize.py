@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -93,3 +95,11 @@ def test_an_output_layer_cut_to_rows_scores_them_exactly(models, int8):
         assert torch.equal(cut, full) if int8 else torch.allclose(cut, full, rtol=0, atol=1e-5)
         everything = torch.arange(fp32.config.vocab_size)
         assert torch.equal(OutputRows(layer).cut(everything)(hidden), layer(hidden))
+
+
+def test_int8_frees_the_fp32_layers_it_replaces(trained):
+    """Decoding freezes the garbage collector, so the replaced layers must be freed by int8_dynamic."""
+    model = load_model(trained, mapped=False).model
+    replaced = weakref.ref(model.decoder_rnn)
+    int8_dynamic(model)
+    assert replaced() is None
