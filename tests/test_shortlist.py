@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt_cli.shortlist import LexicalTable, batch_shortlist, build_table, sentence_vocab
+from nmt_cli.shortlist import LexicalTable, RowLists, batch_shortlist, build_table, restrict, sentence_vocab
 
 # sentence counts: c(10) = 2, c(11) = c(12) = 1; c(20) = 2, c(21) = c(22) = 1. Dice 2 c(s,t) / (c(s) + c(t)):
 #   10: 20 -> 2*2/4 = 1,   21 -> 2/3,  22 -> 2/3     11: 21 -> 2/2 = 1, 20 -> 2/3     12: 22 -> 1, 20 -> 2/3
@@ -37,3 +37,14 @@ def test_sentence_and_batch_shortlists():
     columns = batch_shortlist([[11], [12]], lex, k=1)
     assert columns.vocab.tolist() == [0, 1, 2, 3, 21, 22]
     assert columns.allowed.tolist() == [[True] * 4 + [True, False], [True] * 4 + [False, True]]
+
+
+def test_restrict_conditions_each_row_on_its_own_list():
+    log_probs = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-300.0, -200.0, -0.01, -250.0]])
+    allowed = torch.tensor([[True, False, True, False], [True, True, False, True]])
+    got = restrict(log_probs.clone(), RowLists.of(allowed))
+    # row 1's list holds only probabilities that underflow float32 in exp: the stable fallback
+    for row in range(2):
+        own = log_probs[row][allowed[row]]
+        assert torch.allclose(got[row][allowed[row]], own - own.logsumexp(0))
+        assert torch.all(got[row][~allowed[row]] == float("-inf"))
