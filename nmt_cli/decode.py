@@ -11,8 +11,10 @@ from torch import Tensor
 from nmt_cli.config import DecodeConfig
 from nmt_cli.model import PAD, Seq2Seq
 from nmt_cli.quantize import OutputRows
-from nmt_cli.search import Hypothesis, search
+from nmt_cli.search import Group, Hypothesis, greedy_refilled, search
 from nmt_cli.shortlist import LexicalTable, batch_shortlist, with_output_layer
+
+REFILL_PARTS = 4  # greedy brings in new sentences once a quarter of the batch has finished
 
 
 class ShortlistSetting(NamedTuple):
@@ -46,9 +48,13 @@ def decode_ids(
 ) -> list[list[Hypothesis]]:
     """One n-best list per non-empty source, in input order; search is batch-invariant, so sorting is safe.
 
-    With a shortlist, each batch's output layer covers only the union of its sentences' shortlists.
+    Greedy search keeps up to batch_size sentences stepping and brings in more, longest first, as
+    others finish; beam search takes length-sorted batches of batch_size. With a shortlist, the output
+    layer covers only the union of the shortlists of the sentences being stepped.
     """
     assert all(src_ids), "empty sources are skipped by the caller"
+    if cfg.beam_size == 1:
+        return _greedy(model, src_ids, cfg, batch_size, shortlist)
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     for chunk in length_sorted_chunks([len(s) for s in src_ids], batch_size):
         batch = [src_ids[i] for i in chunk]
@@ -63,3 +69,44 @@ def decode_ids(
         for i, nbest in zip(chunk, nbests, strict=True):
             results[i] = nbest
     return results
+
+
+def _greedy(
+    model: Seq2Seq,
+    src_ids: Sequence[Sequence[int]],
+    cfg: DecodeConfig,
+    batch_size: int,
+    shortlist: ShortlistSetting | None,
+) -> list[list[Hypothesis]]:
+    """Greedy search with sentences joining, longest first, as others finish. They are encoded
+    batch_size at a time (a small batch costs the encoder nearly as much as a full one) and wait
+    for room."""
+    order = sorted(range(len(src_ids)), key=lambda i: (-len(src_ids[i]), i))
+    chunks = iter([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
+    waiting: list[Group] = []
+
+    def next_group(room: int) -> Group | None:
+        if not waiting:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            batch = [src_ids[i] for i in chunk]
+            src, lengths = pad_batch(batch)
+            columns = None if shortlist is None else batch_shortlist(batch, shortlist.lex, shortlist.k)
+            waiting.append(Group(model.encode(src, lengths), lengths, torch.tensor(chunk), columns))
+        group = waiting.pop()
+        if len(group.ids) > room:
+            group, rest = group.split(room)
+            waiting.append(rest)
+        return group
+
+    def model_for(vocab: Tensor | None) -> Seq2Seq:
+        if vocab is None or shortlist is None:
+            return model
+        return with_output_layer(model, shortlist.rows.cut(vocab))
+
+    # A quarter of the batch at a time: fewer, larger joins against steps that run below capacity
+    # meanwhile. With a shortlist, a join redoes the batch's column lists, which cost more than the
+    # emptier steps they save (int8 greedy 0.8x), so its batches run until their last sentence is done.
+    refill = batch_size if shortlist is not None else max(1, batch_size // REFILL_PARTS)
+    return greedy_refilled(model_for, next_group, len(src_ids), cfg, batch_size, refill)

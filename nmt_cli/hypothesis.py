@@ -76,3 +76,61 @@ class History(NamedTuple):
             attention,
             finished,
         )
+
+
+class SlotHistory:
+    """Greedy search's output so far, one slot per row being searched, written in place.
+
+    Rows leave and join the search at different steps, so each row writes at its own step into the slot
+    it was given: nothing is copied when rows leave, and a slot is reused once its sentence is done.
+    tokens and token_log_probs (P, T), attention (P, T, S).
+    """
+
+    def __init__(self, slots: int, like: Tensor):
+        self.tokens = torch.zeros(slots, 0, dtype=torch.long, device=like.device)
+        self.token_log_probs = like.new_zeros(slots, 0)
+        self.attention = like.new_zeros(slots, 0, 0)
+
+    def reserve(self, steps: int, width: int) -> None:
+        """Room for `steps` steps over `width` source positions, keeping what is written."""
+        P, T, S = self.attention.shape
+        if steps <= T and width <= S:
+            return
+        T, S = max(steps, T), max(width, S)
+        grown = SlotHistory(P, self.attention)
+        grown.tokens = self.tokens.new_zeros(P, T)
+        grown.token_log_probs = self.token_log_probs.new_zeros(P, T)
+        grown.attention = self.attention.new_zeros(P, T, S)
+        _, t, s = self.attention.shape
+        grown.tokens[:, :t], grown.token_log_probs[:, :t] = self.tokens, self.token_log_probs
+        grown.attention[:, :t, :s] = self.attention
+        self.tokens, self.token_log_probs, self.attention = (
+            grown.tokens,
+            grown.token_log_probs,
+            grown.attention,
+        )
+
+    def write(self, slots: Tensor, steps: Tensor, tokens: Tensor, token_log_probs: Tensor, attention: Tensor):
+        """Row i's step steps[i] into slot slots[i]: tokens, token_log_probs (N,), attention (N, S')."""
+        self.tokens[slots, steps] = tokens
+        self.token_log_probs[slots, steps] = token_log_probs
+        self.attention[slots, steps, : attention.size(1)] = attention
+
+    def hypothesis(
+        self, slot: int, length: int, log_prob: Tensor, src_len: int, cfg: DecodeConfig
+    ) -> Hypothesis:
+        """The first `length` steps of a slot as a Hypothesis, its attention cut to src_len (a copy).
+
+        log_prob is a 0-d tensor, so the score is worked out in its precision, as History.hypothesis does.
+        """
+        tokens = self.tokens[slot, :length].tolist()
+        finished = tokens[-1] == EOS
+        score = log_prob / length_penalty(torch.tensor(length), cfg).to(log_prob.device)
+        return Hypothesis(
+            tokens[: length - finished],
+            float(score),
+            float(log_prob),
+            self.token_log_probs[slot, :length].tolist(),
+            self.attention[slot, :length, :src_len].clone(),
+            finished,
+        )

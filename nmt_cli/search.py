@@ -18,17 +18,28 @@ beats the k-th of them (nothing can still enter its k best), or when it reaches 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
-from nmt_cli.hypothesis import BOS, EOS, NEG_INF, PAD, UNK, History, Hypothesis, length_penalty
+from nmt_cli.hypothesis import BOS, EOS, NEG_INF, PAD, UNK, History, Hypothesis, SlotHistory, length_penalty
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput
 from nmt_cli.shortlist import RowLists, Shortlist, restrict, token_ids
 
-__all__ = ["Hypothesis", "Shortlist", "StepModel", "beam_search", "greedy", "length_penalty", "search"]
+__all__ = [
+    "Group",
+    "Hypothesis",
+    "Shortlist",
+    "StepModel",
+    "beam_search",
+    "greedy",
+    "greedy_refilled",
+    "length_penalty",
+    "search",
+]
 
 
 class StepModel(Protocol):
@@ -43,10 +54,15 @@ def _max_lengths(src_lengths: Tensor, cfg: DecodeConfig) -> Tensor:
     return torch.floor(cfg.max_len_a * src_lengths.double() + cfg.max_len_b).long()
 
 
-def _mask_log_probs(log_probs: Tensor, step: int, cfg: DecodeConfig) -> Tensor:
-    """Tokens that may not come next get -inf, in place: PAD, BOS, UNK with ban_unk, EOS at step 0. (N, V)."""
-    banned = [PAD, BOS] + ([UNK] if cfg.ban_unk else []) + ([EOS] if step == 0 else [])
-    log_probs[:, banned] = NEG_INF  # an empty translation is never the answer
+def _mask_log_probs(log_probs: Tensor, first: bool | Tensor, cfg: DecodeConfig) -> Tensor:
+    """Tokens that may not come next get -inf, in place: PAD, BOS, UNK with ban_unk, and EOS where
+    `first` (all rows, or a (N,) mask of rows at their first step). (N, V)."""
+    banned = [PAD, BOS] + ([UNK] if cfg.ban_unk else [])
+    log_probs[:, banned] = NEG_INF
+    if isinstance(first, Tensor):
+        log_probs[:, EOS].masked_fill_(first, NEG_INF)  # an empty translation is never the answer
+    elif first:
+        log_probs[:, EOS] = NEG_INF
     return log_probs
 
 
@@ -70,7 +86,177 @@ class _Sentences(NamedTuple):
         return _Sentences(self.ids[index], self.src_lengths[index], self.caps[index], lists)
 
 
+class Group(NamedTuple):
+    """Sentences that join greedy search together: one encoder batch, and where their results go."""
+
+    enc: EncoderOutput
+    src_lengths: Tensor  # (B,)
+    ids: Tensor  # (B,) each row's index in the results
+    shortlist: Shortlist | None  # the group's output columns and per-row lists; None: all of V
+
+    def select(self, index: Tensor) -> Group:
+        lists = self.shortlist
+        lists = None if lists is None else lists._replace(allowed=lists.allowed[index])
+        return Group(self.enc.select(index), self.src_lengths[index], self.ids[index], lists)
+
+    def split(self, n: int) -> tuple[Group, Group]:
+        """The first n rows, and the rest."""
+        return self.select(torch.arange(n)), self.select(torch.arange(n, len(self.ids)))
+
+
+NextGroup = Callable[[int], "Group | None"]  # up to n more sentences, encoded; None when none are left
+ModelFor = Callable[[Tensor | None], StepModel]  # the step model that scores these columns (None: all)
+
+
+class _Rows(NamedTuple):
+    """The sentences greedy search is stepping, one row each. enc.state is the current decoder state."""
+
+    sents: _Sentences
+    enc: EncoderOutput
+    prev: Tensor  # (N,) the last token
+    log_prob: Tensor  # (N,)
+    steps: Tensor  # (N,) tokens output so far
+    slots: Tensor  # (N,) each row's slot in the history
+    shortlist: Shortlist | None
+
+    def select(self, index: Tensor) -> _Rows:
+        """A subset of the rows; source positions that only left rows had are cut off."""
+        sents, enc = self.sents.select(index), self.enc.select(index)
+        width = int(sents.src_lengths.max()) if len(index) else 0
+        if width < enc.mask.size(1):
+            enc = EncoderOutput(enc.memory[:, :width], enc.keys[:, :width], enc.mask[:, :width], enc.state)
+        shortlist = (
+            None if self.shortlist is None else self.shortlist._replace(allowed=self.shortlist.allowed[index])
+        )
+        return _Rows(
+            sents,
+            enc,
+            self.prev[index],
+            self.log_prob[index],
+            self.steps[index],
+            self.slots[index],
+            shortlist,
+        )
+
+
+def _pad_source(enc: EncoderOutput, width: int) -> EncoderOutput:
+    """enc with its source axis padded to `width` positions (masked out)."""
+    B, S = enc.mask.shape
+    if width == S:
+        return enc
+
+    def pad(x: Tensor) -> Tensor:
+        return torch.cat([x, x.new_zeros(B, width - S, *x.shape[2:])], dim=1)
+
+    return EncoderOutput(pad(enc.memory), pad(enc.keys), pad(enc.mask), enc.state)
+
+
+def _cat_encoded(a: EncoderOutput, b: EncoderOutput) -> EncoderOutput:
+    """The rows of a, then those of b, over the wider of their source axes."""
+    width = max(a.mask.size(1), b.mask.size(1))
+    a, b = _pad_source(a, width), _pad_source(b, width)
+    sa, sb = a.state, b.state
+    return EncoderOutput(
+        torch.cat([a.memory, b.memory]),
+        torch.cat([a.keys, b.keys]),
+        torch.cat([a.mask, b.mask]),
+        DecoderState(torch.cat([sa.h, sb.h], 1), torch.cat([sa.c, sb.c], 1), torch.cat([sa.feed, sb.feed])),
+    )
+
+
+def _cat_shortlists(a: Shortlist, b: Shortlist) -> Shortlist:
+    """The rows of a, then those of b. The columns stay a's (the same tensor: no new output layer) when
+    they hold all of b's; otherwise they are b's and those a's rows still use, so they never grow
+    towards the whole vocabulary as sentences come and go."""
+    if bool(torch.isin(b.vocab, a.vocab).all()):
+        vocab = a.vocab
+    else:  # sorted, so the special ids stay columns 0..3
+        vocab = torch.unique(torch.cat([a.vocab[a.allowed.any(dim=0)], b.vocab]))
+    allowed = a.allowed.new_zeros(len(a.allowed) + len(b.allowed), len(vocab))
+    kept = torch.isin(a.vocab, vocab)  # columns no row of a uses may go
+    allowed[: len(a.allowed), torch.searchsorted(vocab, a.vocab[kept])] = a.allowed[:, kept]
+    allowed[len(a.allowed) :, torch.searchsorted(vocab, b.vocab)] = b.allowed
+    return Shortlist(vocab, allowed)
+
+
+def _join(rows: _Rows | None, group: Group, slots: Tensor, cfg: DecodeConfig) -> _Rows:
+    """The rows being stepped, with a new group's sentences at their first step."""
+    n, device = len(group.ids), group.enc.mask.device
+    src_lengths = group.src_lengths.to(device)
+    sents = _Sentences(group.ids.to(device), src_lengths, _max_lengths(src_lengths, cfg), None)
+    new = _Rows(
+        sents,
+        group.enc,
+        torch.full((n,), BOS, dtype=torch.long, device=device),
+        group.enc.memory.new_zeros(n),
+        torch.zeros(n, dtype=torch.long, device=device),
+        slots.to(device),
+        group.shortlist,
+    )
+    if rows is not None and len(rows.prev):
+        shortlist = None if new.shortlist is None else _cat_shortlists(rows.shortlist, new.shortlist)
+        new = _Rows(
+            _Sentences(*(torch.cat([a, b]) for a, b in zip(rows.sents[:3], sents[:3], strict=True)), None),
+            _cat_encoded(rows.enc, new.enc),
+            *(torch.cat([a, b]) for a, b in zip(rows[2:6], new[2:6], strict=True)),
+            shortlist,
+        )
+    lists = None if new.shortlist is None else RowLists.of(new.shortlist.allowed.to(device))
+    return new._replace(sents=new.sents._replace(lists=lists))
+
+
 @torch.inference_mode()
+def greedy_refilled(
+    model_for: ModelFor, next_group: NextGroup, sentences: int, cfg: DecodeConfig, capacity: int, refill: int
+) -> list[list[Hypothesis]]:
+    """Greedy search over a stream of sentences that keeps up to `capacity` of them stepping at once.
+
+    Each sentence ends at EOS or its own cap and leaves; once `refill` rows are free, next_group encodes
+    that many more and they start at their first step beside the others. A step then always runs on a
+    nearly full batch, where a fixed batch ends with a few long sentences on steps that cost almost as
+    much as full ones. Rows never interact, so a sentence's output does not depend on which others share
+    its steps. -> `sentences` one-hypothesis lists, in the order of Group.ids.
+    """
+    results: list[list[Hypothesis]] = [[] for _ in range(sentences)]
+    free, rows, more = list(range(capacity - 1, -1, -1)), None, True
+    history: SlotHistory | None = None
+    model, columns_of_model = None, None
+    while True:
+        room = capacity - (0 if rows is None else len(rows.prev))
+        while more and room >= min(refill, capacity):
+            group = next_group(room)
+            if group is None or not len(group.ids):
+                more = False
+                break
+            slots = torch.tensor([free.pop() for _ in range(len(group.ids))])
+            rows, room = _join(rows, group, slots, cfg), room - len(group.ids)
+            history = history or SlotHistory(capacity, group.enc.memory)
+            history.reserve(int(rows.sents.caps.max()), rows.enc.mask.size(1))
+            columns = None if rows.shortlist is None else rows.shortlist.vocab
+            if model is None or columns is not columns_of_model:
+                model, columns_of_model = model_for(columns), columns
+        if rows is None or not len(rows.prev):
+            return results
+        assert history is not None and model is not None
+        out = model.decode_step(rows.prev, rows.enc.state, rows.enc)
+        log_probs = _mask_log_probs(restrict(out.log_probs, rows.sents.lists), rows.steps == 0, cfg)
+        step_log_prob, columns = log_probs.max(dim=1)
+        prev, log_prob = token_ids(columns, rows.shortlist), rows.log_prob + step_log_prob
+        history.write(rows.slots, rows.steps, prev, step_log_prob, out.attention)
+        steps = rows.steps + 1
+        rows = rows._replace(
+            enc=rows.enc._replace(state=out.state), prev=prev, log_prob=log_prob, steps=steps
+        )
+        done = (prev == EOS) | (rows.sents.caps <= steps)
+        if done.any():  # finished sentences leave: nothing is computed for them any more
+            for row in done.nonzero().flatten().tolist():
+                slot, src_len = int(rows.slots[row]), int(rows.sents.src_lengths[row])
+                hypothesis = history.hypothesis(slot, int(steps[row]), log_prob[row], src_len, cfg)
+                results[int(rows.sents.ids[row])] = [hypothesis]
+                free.append(slot)
+            rows = rows.select((~done).nonzero().flatten())
+
+
 def greedy(
     model: StepModel,
     enc: EncoderOutput,
@@ -82,32 +268,9 @@ def greedy(
 
     enc with B rows, src_lengths (B,) -> B one-hypothesis lists, in input order
     """
-    sents = _Sentences.start(src_lengths, cfg, enc.mask.device, shortlist)
-    results: list[list[Hypothesis]] = [[] for _ in range(len(sents.ids))]
-    history, log_prob = History.empty(len(sents.ids), enc), enc.memory.new_zeros(len(sents.ids))
-    prev, state = torch.full_like(sents.ids, BOS), enc.state
-    for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
-        out = model.decode_step(prev, state, enc)
-        log_probs = _mask_log_probs(restrict(out.log_probs, sents.lists), t, cfg)
-        step_log_prob, columns = log_probs.max(dim=1)
-        prev, log_prob = token_ids(columns, shortlist), log_prob + step_log_prob
-        history = history.append(prev, step_log_prob, out.attention)
-        state, done = out.state, (prev == EOS) | (sents.caps <= t + 1)
-        for row in done.nonzero().flatten().tolist():
-            src_len = int(sents.src_lengths[row])
-            results[int(sents.ids[row])] = [history.hypothesis(row, log_prob[row], src_len, cfg)]
-        if done.all():
-            break
-        if done.any():  # finished sentences leave the batch: nothing is computed for them any more
-            keep = (~done).nonzero().flatten()
-            history, log_prob, prev, sents = (
-                history.select(keep),
-                log_prob[keep],
-                prev[keep],
-                sents.select(keep),
-            )
-            state, enc = state.select(keep), enc.select(keep)
-    return results
+    B = len(src_lengths)
+    groups = iter([Group(enc, src_lengths, torch.arange(B), shortlist)])
+    return greedy_refilled(lambda _: model, lambda _: next(groups, None), B, cfg, max(B, 1), max(B, 1))
 
 
 class _Beam(NamedTuple):
@@ -131,7 +294,7 @@ class _Beam(NamedTuple):
 
 def _candidate_log_probs(log_probs: Tensor, finished: Tensor, step: int, cfg: DecodeConfig) -> Tensor:
     """What each row may extend with, in place: log_probs (N, V), finished (N,) -> (N, V)."""
-    log_probs = _mask_log_probs(log_probs, step, cfg)
+    log_probs = _mask_log_probs(log_probs, step == 0, cfg)
     if finished.any():
         log_probs[finished] = NEG_INF  # a finished row stays in the beam ...
         log_probs[finished, PAD] = 0.0  # ... and can only extend with PAD, for free

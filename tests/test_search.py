@@ -10,7 +10,17 @@ from torch import Tensor
 
 from nmt_cli.config import DecodeConfig, ModelConfig
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput, build_model
-from nmt_cli.search import Hypothesis, Shortlist, beam_search, greedy, length_penalty, search
+from nmt_cli.search import (
+    Group,
+    Hypothesis,
+    Shortlist,
+    _cat_shortlists,
+    beam_search,
+    greedy,
+    greedy_refilled,
+    length_penalty,
+    search,
+)
 
 PAD, UNK, BOS, EOS, A, B = 0, 1, 2, 3, 4, 5
 V = 6
@@ -442,3 +452,36 @@ def test_n_best_keeps_the_top_1_and_is_ordered(tiny: torch.nn.Module, sentences:
             scores = [h.score for h in five if h.finished is group]
             assert scores == sorted(scores, reverse=True)
         assert [h.finished for h in five] == sorted((h.finished for h in five), reverse=True)
+
+
+def test_sentences_that_join_midway_get_what_they_get_alone(tiny, sentences) -> None:
+    cfg = decode_cfg(alpha=1.0)
+    alone = decode(tiny, sentences, cfg, batch_size=1)
+    waiting, rooms = list(range(len(sentences))), []
+
+    def next_group(room: int) -> Group | None:
+        rooms.append(room)
+        ids, waiting[:] = waiting[:room], waiting[room:]
+        if not ids:
+            return None
+        enc, lengths = encoded(tiny, [sentences[i] for i in ids])
+        return Group(enc, lengths, torch.tensor(ids), None)
+
+    joined = greedy_refilled(lambda _: tiny, next_group, len(sentences), cfg, capacity=4, refill=1)
+    assert any(0 < room < 4 for room in rooms)  # sentences joined others that were mid-way
+    for one, refilled in zip(alone, joined, strict=True):
+        assert one[0].tokens == refilled[0].tokens and one[0].finished == refilled[0].finished
+        assert one[0].score == pytest.approx(refilled[0].score, abs=1e-5)
+        assert torch.allclose(one[0].attention, refilled[0].attention, atol=1e-5)
+
+
+def test_joined_shortlists_keep_each_rows_columns() -> None:
+    a = Shortlist(torch.tensor([0, 1, 2, 3, 10, 11]), torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool))
+    inside = Shortlist(torch.tensor([0, 1, 2, 3, 10]), torch.tensor([[1, 1, 1, 1, 1]], dtype=torch.bool))
+    kept = _cat_shortlists(a, inside)
+    assert kept.vocab is a.vocab  # the same columns: no new output layer
+    assert kept.allowed.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]]
+    other = Shortlist(torch.tensor([0, 1, 2, 3, 12]), torch.tensor([[1, 1, 1, 1, 1]], dtype=torch.bool))
+    union = _cat_shortlists(a, other)
+    assert union.vocab.tolist() == [0, 1, 2, 3, 10, 12]  # 11, which no row of a allows, is dropped
+    assert union.allowed.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 1]]
