@@ -195,10 +195,13 @@ def _join(rows: _Rows | None, group: Group, slots: Tensor, cfg: DecodeConfig) ->
     )
     if rows is not None and len(rows.prev):
         shortlist = None if new.shortlist is None else _cat_shortlists(rows.shortlist, new.shortlist)
+        old = rows.sents
         new = _Rows(
-            _Sentences(*(torch.cat([a, b]) for a, b in zip(rows.sents[:3], sents[:3], strict=True)), None),
+            _Sentences(
+                *(torch.cat(pair) for pair in zip(old[:3], sents[:3], strict=True)), None
+            ),  # ids..caps
             _cat_encoded(rows.enc, new.enc),
-            *(torch.cat([a, b]) for a, b in zip(rows[2:6], new[2:6], strict=True)),
+            *(torch.cat(pair) for pair in zip(rows[2:6], new[2:6], strict=True)),  # prev..slots
             shortlist,
         )
     lists = None if new.shortlist is None else RowLists.of(new.shortlist.allowed.to(device))
@@ -220,7 +223,7 @@ def greedy_refilled(
     results: list[list[Hypothesis]] = [[] for _ in range(sentences)]
     free, rows, more = list(range(capacity - 1, -1, -1)), None, True
     history: SlotHistory | None = None
-    model, columns_of_model = None, None
+    model, vocab_of_model = None, None
     while True:
         room = capacity - (0 if rows is None else len(rows.prev))
         while more and room >= min(refill, capacity):
@@ -232,9 +235,9 @@ def greedy_refilled(
             rows, room = _join(rows, group, slots, cfg), room - len(group.ids)
             history = history or SlotHistory(capacity, group.enc.memory)
             history.reserve(int(rows.sents.caps.max()), rows.enc.mask.size(1))
-            columns = None if rows.shortlist is None else rows.shortlist.vocab
-            if model is None or columns is not columns_of_model:
-                model, columns_of_model = model_for(columns), columns
+            vocab = None if rows.shortlist is None else rows.shortlist.vocab
+            if model is None or vocab is not vocab_of_model:
+                model, vocab_of_model = model_for(vocab), vocab
         if rows is None or not len(rows.prev):
             return results
         assert history is not None and model is not None
