@@ -118,6 +118,11 @@ class _GatesToState(torch.autograd.Function):
         return d_act * slope, grad_c * f
 
 
+def gates_to_state(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM pointwise part: gates (B, 4H) in nn.LSTM's order i, f, g, o, and c (B, H) -> h, c'."""
+    return _GatesToState.apply(gates, c)
+
+
 class Collectors:
     """One gradient collector per recurrent weight, made fresh for each teacher-forced batch."""
 
@@ -167,4 +172,4 @@ def lstm_step(
 ) -> tuple[Tensor, Tensor]:
     """One LSTM layer step: gates_in (B, 4H) precomputed part, x (B, I), h, c (B, H) -> h, c."""
     gates = linear(torch.cat([x, h], dim=1), w.weight, name, collectors, first, add=gates_in)
-    return _GatesToState.apply(gates, c)
+    return gates_to_state(gates, c)

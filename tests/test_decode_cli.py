@@ -97,12 +97,13 @@ def test_an_over_long_line_is_split_and_named(trained):
     assert "line 2:" in result.stderr and "pieces" in result.stderr
 
 
+@pytest.mark.parametrize("int8", [[], ["--int8"]], ids=["fp32", "int8"])
 @pytest.mark.parametrize("beam", ["1", "4"])
-def test_batch_size_never_changes_the_output(trained, corpus, tmp_path, beam):
+def test_batch_size_never_changes_the_output(trained, corpus, tmp_path, beam, int8):
     src = tmp_path / "dev.txt"
     src.write_text("".join(line + "\n" for line in read_lines(corpus.dev_src)[:30]))
     outputs = {
-        size: invoke("translate", "-m", trained, "-b", beam, "--batch-size", size, "-q", src).stdout
+        size: invoke("translate", "-m", trained, "-b", beam, "--batch-size", size, "-q", *int8, src).stdout
         for size in (1, 7, 64)
     }
     assert outputs[1].count("\n") == 30 and len(set(outputs[1].splitlines())) > 10
