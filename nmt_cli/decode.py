@@ -81,8 +81,7 @@ def _greedy(
     """Greedy search with sentences joining, longest first, as others finish. They are encoded
     batch_size at a time (a small batch costs the encoder nearly as much as a full one) and wait
     for room."""
-    order = sorted(range(len(src_ids)), key=lambda i: (-len(src_ids[i]), i))
-    chunks = iter([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
+    chunks = iter(length_sorted_chunks([len(s) for s in src_ids], batch_size))
     waiting: list[Group] = []
 
     def next_group(room: int) -> Group | None:

@@ -97,18 +97,15 @@ class SlotHistory:
         if steps <= T and width <= S:
             return
         T, S = max(steps, T), max(width, S)
-        grown = SlotHistory(P, self.attention)
-        grown.tokens = self.tokens.new_zeros(P, T)
-        grown.token_log_probs = self.token_log_probs.new_zeros(P, T)
-        grown.attention = self.attention.new_zeros(P, T, S)
+        tokens, token_log_probs = self.tokens.new_zeros(P, T), self.token_log_probs.new_zeros(P, T)
+        attention = self.attention.new_zeros(P, T, S)
         _, t, s = self.attention.shape
-        grown.tokens[:, :t], grown.token_log_probs[:, :t] = self.tokens, self.token_log_probs
-        grown.attention[:, :t, :s] = self.attention
-        self.tokens, self.token_log_probs, self.attention = (
-            grown.tokens,
-            grown.token_log_probs,
-            grown.attention,
+        tokens[:, :t], token_log_probs[:, :t], attention[:, :t, :s] = (
+            self.tokens,
+            self.token_log_probs,
+            self.attention,
         )
+        self.tokens, self.token_log_probs, self.attention = tokens, token_log_probs, attention
 
     def write(self, slots: Tensor, steps: Tensor, tokens: Tensor, token_log_probs: Tensor, attention: Tensor):
         """Row i's step steps[i] into slot slots[i]: tokens, token_log_probs (N,), attention (N, S')."""

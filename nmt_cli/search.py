@@ -5,6 +5,10 @@ only extend with PAD at zero cost. The beam therefore ranks prefixes by raw log-
 k = 1 exactly greedy. Each sentence also keeps its k best finished hypotheses by length-normalised score,
 so one pushed out of the beam by likelier (but still unfinished) prefixes is not lost.
 
+Greedy search runs over a stream of sentences (greedy_refilled): up to a batch of them step together,
+and as they finish, new ones join at their first step, so steps stay nearly full. Each row has its own
+step count, cap and history slot; rows never interact, so joining changes no sentence's output.
+
 Shortlists. A step model may score only some target pieces (the batch's union of per-sentence shortlists,
 Shortlist.vocab); search then conditions each row on its own sentence's list, log p(y | y in list), so a
 sentence's output never depends on which sentences share its batch.
