@@ -16,7 +16,7 @@ import torch
 from nmt_cli.align import Link, WordAttention, alignment_from_attention, merge_subwords, word_count_mismatch
 from nmt_cli.checkpoint import LoadedModel
 from nmt_cli.config import DecodeConfig
-from nmt_cli.decode import decode_ids, length_sorted_chunks, pad_batch
+from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
 from nmt_cli.metrics import corpus_scores
 from nmt_cli.subword import BOS
 
@@ -84,7 +84,11 @@ def forced_attention(
 
 @torch.inference_mode()
 def translation_attention(
-    loaded: LoadedModel, src_lines: Sequence[str], cfg: DecodeConfig, batch_size: int = 64
+    loaded: LoadedModel,
+    src_lines: Sequence[str],
+    cfg: DecodeConfig,
+    batch_size: int = 64,
+    shortlist: ShortlistSetting | None = None,
 ) -> list[PairAttention]:
     """Translate each line (greedy or beam, by cfg) and keep the best hypothesis's attention, in order.
 
@@ -93,7 +97,8 @@ def translation_attention(
     sub = loaded.subword
     src_ids = sub.encode_batch(list(src_lines))
     todo = [n for n, ids in enumerate(src_ids) if ids]
-    results = decode_ids(loaded.model, [src_ids[n] for n in todo], cfg, batch_size) if todo else []
+    todo_ids = [src_ids[n] for n in todo]
+    results = decode_ids(loaded.model, todo_ids, cfg, batch_size, shortlist) if todo else []
     pairs = [
         _empty(n + 1, s, "", sub.id_to_piece(ids), [])
         for n, (s, ids) in enumerate(zip(src_lines, src_ids, strict=True))
@@ -144,12 +149,13 @@ def sweep(
     refs: Sequence[str],
     settings: Sequence[DecodeConfig],
     batch_size: int = 64,
+    shortlist: ShortlistSetting | None = None,
 ) -> list[SweepRow]:
     """Translate the lines once per decoding setting: BLEU, length ratio, empty outputs, seconds."""
     rows = []
     for cfg in settings:
         began = time.perf_counter()
-        hyps = [p.tgt for p in translation_attention(loaded, src_lines, cfg, batch_size)]
+        hyps = [p.tgt for p in translation_attention(loaded, src_lines, cfg, batch_size, shortlist)]
         seconds = time.perf_counter() - began
         bleu = corpus_scores(hyps, [list(refs)], ("bleu",))[0]
         empty = sum(1 for s, h in zip(src_lines, hyps, strict=True) if s.strip() and not h.strip())

@@ -90,6 +90,8 @@ def tune(
     beam_sweep: str = typer.Option("1,2,5,10", help="Beam sizes to try, comma-separated."),
     alpha_sweep: str = typer.Option("0,0.6,1.0", help="Length penalties (alpha) to try with beams > 1."),
     batch_size: int = typer.Option(64, help="Sentences per batch."),
+    int8: bool = typer.Option(False, "--int8", help="Decode with int8 layers, as translate --int8."),
+    shortlist: int = typer.Option(0, "--shortlist", help="As translate --shortlist K (0: full vocabulary)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object with every setting's numbers."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
 ) -> None:
@@ -99,21 +101,27 @@ def tune(
     from nmt_cli.config import DecodeConfig
     from nmt_cli.console import console
     from nmt_cli.textio import read_parallel
+    from nmt_cli.translate import for_decoding, shortlist_setting
 
     beams = _numbers(beam_sweep, "--beam-sweep", int)
     alphas = _numbers(alpha_sweep, "--alpha-sweep", float)
-    settings = [DecodeConfig(beam_size=1)] if 1 in beams else []  # no length penalty changes greedy search
-    settings += [DecodeConfig(beam_size=b, length_penalty=a) for b in beams if b != 1 for a in alphas]
+    fixed = dict(shortlist=shortlist)
+    settings = [DecodeConfig(beam_size=1, **fixed)] if 1 in beams else []  # alpha never changes greedy
+    settings += [
+        DecodeConfig(beam_size=b, length_penalty=a, **fixed) for b in beams if b != 1 for a in alphas
+    ]
     src_lines, refs = read_parallel(src, ref)
     set_threads(threads)
-    loaded = load_model(model)
+    loaded = for_decoding(load_model(model, mapped=not int8), int8)
+    columns = shortlist_setting(loaded, settings[0])
     rows = []
     for cfg in settings:
-        [row] = analysis.sweep(loaded, src_lines, refs, [cfg], batch_size)
+        [row] = analysis.sweep(loaded, src_lines, refs, [cfg], batch_size, columns)
         console.print(f"beam {cfg.beam_size} alpha {_alpha(row)}: BLEU {row.bleu:.2f}", highlight=False)
         rows.append(row)
     if as_json:
         record = {"model": loaded.digest, "signature": rows[0].signature, "lines": len(src_lines)}
+        record.update(int8=int8, shortlist=shortlist)
         record["rows"] = [{k: v for k, v in r._asdict().items() if k != "signature"} for r in rows]
         write_stdout(json.dumps(record) + "\n")
     else:

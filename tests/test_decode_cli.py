@@ -184,3 +184,23 @@ def test_score_prints_log_probs_per_line(trained, tmp_path):
     assert records[2]["n_tokens"] == 1 and records[2]["tgt_pieces"] == []  # just EOS
     mismatch = invoke("score", "-m", trained, "--src", src, "--tgt", tmp_path / "nope")
     assert mismatch.exit_code == 1 and "no such file" in mismatch.stderr
+
+
+def test_tune_with_int8_and_a_shortlist_scores_what_translate_outputs(trained, corpus, tmp_path):
+    listed = tmp_path / "listed.nmt"
+    args = ["-m", trained, "--src", corpus.train_src, "--tgt", corpus.train_tgt, "-k", "4", "-o", listed]
+    assert invoke("shortlist", *args).exit_code == 0
+    src, ref = tmp_path / "dev.src", tmp_path / "dev.ref"
+    src.write_text("".join(line + "\n" for line in read_lines(corpus.dev_src)[:30]))
+    ref.write_text("".join(line + "\n" for line in read_lines(corpus.dev_tgt)[:30]))
+    fast = ["--int8", "--shortlist", "4"]
+    tuned = invoke("tune", "-m", listed, "--src", src, "--ref", ref, "--beam-sweep", "1", *fast, "--json")
+    assert tuned.exit_code == 0, tuned.stderr
+    record = json.loads(tuned.stdout)
+    assert record["int8"] is True and record["shortlist"] == 4
+    hyp = tmp_path / "hyp"
+    assert invoke("translate", "-m", listed, "-b", "1", *fast, "-q", src, "-o", hyp).exit_code == 0
+    bleu = invoke("evaluate", "-r", ref, hyp, "--metrics", "bleu", "--score-only").stdout.strip()
+    assert f"{record['rows'][0]['bleu']:.2f}" == bleu
+    plain = invoke("tune", "-m", listed, "--src", src, "--ref", ref, "--beam-sweep", "1", "--json").stdout
+    assert json.loads(plain)["rows"][0]["bleu"] != record["rows"][0]["bleu"]  # the options did something
