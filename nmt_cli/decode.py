@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.model import PAD, Seq2Seq
-from nmt_cli.quantize import OutputRows
+from nmt_cli.quantize import OutputRows, is_int8, serial_except_products
 from nmt_cli.search import Group, Hypothesis, greedy_refilled, search
 from nmt_cli.shortlist import LexicalTable, batch_shortlist, with_output_layer
 
@@ -53,8 +54,20 @@ def decode_ids(
     layer covers only the union of the shortlists of the sentences being stepped.
     """
     assert all(src_ids), "empty sources are skipped by the caller"
-    if cfg.beam_size == 1:
-        return _greedy(model, src_ids, cfg, batch_size, shortlist)
+    with serial_except_products() if is_int8(model) else nullcontext():
+        if cfg.beam_size == 1:
+            return _greedy(model, src_ids, cfg, batch_size, shortlist)
+        return _beam(model, src_ids, cfg, batch_size, shortlist)
+
+
+def _beam(
+    model: Seq2Seq,
+    src_ids: Sequence[Sequence[int]],
+    cfg: DecodeConfig,
+    batch_size: int,
+    shortlist: ShortlistSetting | None,
+) -> list[list[Hypothesis]]:
+    """Beam search over length-sorted batches."""
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     for chunk in length_sorted_chunks([len(s) for s in src_ids], batch_size):
         batch = [src_ids[i] for i in chunk]

@@ -10,7 +10,7 @@ import torch
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
-from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8
+from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8, serial_except_products
 from nmt_cli.textio import read_lines
 
 
@@ -103,3 +103,23 @@ def test_int8_frees_the_fp32_layers_it_replaces(trained):
     replaced = weakref.ref(model.decoder_rnn)
     int8_dynamic(model)
     assert replaced() is None
+
+
+def test_element_wise_work_on_one_thread_changes_no_output(models, dev_ids, monkeypatch):
+    _, int8 = models
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(7, int8.generator.in_features, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            outside = int8.generator(x)
+            with serial_except_products():
+                assert torch.get_num_threads() == 1  # the products alone get both threads
+                inside = int8.generator(x)
+        assert torch.get_num_threads() == 2 and torch.equal(inside, outside)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        with serial_except_products():
+            assert torch.get_num_threads() == 2  # spinning threads: nothing changes
+    finally:
+        torch.set_num_threads(threads)
