@@ -13,9 +13,6 @@ columns as they are: the cut layer gives exactly the full layer's scores for tho
 from __future__ import annotations
 
 import gc
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -23,6 +20,7 @@ from torch import Tensor, nn
 
 from nmt_cli.cell import gates_to_state
 from nmt_cli.model import Seq2Seq
+from nmt_cli.threads import in_parallel
 
 _TINY = 1e-12  # an all-zero row gets this scale instead of 0, and quantizes to zeros
 
@@ -44,49 +42,13 @@ class Int8Weight(NamedTuple):
         return Int8Weight(self.values.index_select(1, index), self.scales.index_select(0, index))
 
 
-_product_threads = 1  # threads for int8 products inside serial_except_products(); 1 elsewhere
-
-
-@contextmanager
-def serial_except_products() -> Iterator[None]:
-    """Inside, torch runs on one thread, except the int8 products, which get the threads there were.
-
-    With sleeping OpenMP threads (OMP_WAIT_POLICY=PASSIVE, translate's default) every parallel kernel
-    wakes the other threads, which costs more than most of int8 decoding's small element-wise kernels
-    cost on one thread: int8 greedy ran 1.3-1.5x faster this way, with the same output. With spinning
-    threads it was 0.8-0.9x, so there it changes nothing.
-    """
-    global _product_threads
-    threads = torch.get_num_threads()
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" or threads == 1:
-        yield  # spinning threads wake at no cost: the element-wise kernels are better off parallel
-        return
-    _product_threads = threads
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        _product_threads = 1
-
-
-def _int_mm(q: Tensor, values: Tensor) -> Tensor:
-    if _product_threads == 1:
-        return torch._int_mm(q, values)
-    torch.set_num_threads(_product_threads)
-    try:
-        return torch._int_mm(q, values)
-    finally:
-        torch.set_num_threads(1)
-
-
 def int8_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None = None) -> Tensor:
     """x (M, K) float @ the weight's transpose (+ bias) -> (M, N) float; each row of x quantized with its
     own scale. The scales are applied one axis at a time: broadcasting their (M, N) outer product, or
     linalg's inf-norm for the row maxima, each cost more than the int8 product itself (2.5 / 0.2 ms)."""
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
     q = torch.div(x, scale).round_().to(torch.int8)
-    out = _int_mm(q, w.values).to(x.dtype).mul_(scale).mul_(w.scales)
+    out = in_parallel(lambda: torch._int_mm(q, w.values)).to(x.dtype).mul_(scale).mul_(w.scales)
     return out if bias is None else out.add_(bias)
 
 
@@ -226,4 +188,4 @@ class _Linear(nn.Module):
         self.weight, self.bias = weight, bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+        return in_parallel(lambda: torch.nn.functional.linear(x, self.weight, self.bias))

@@ -10,8 +10,9 @@ import torch
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
-from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8, serial_except_products
+from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8
 from nmt_cli.textio import read_lines
+from nmt_cli.threads import products_in_parallel
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +106,26 @@ def test_int8_frees_the_fp32_layers_it_replaces(trained):
     assert replaced() is None
 
 
-def test_element_wise_work_on_one_thread_changes_no_output(models, dev_ids, monkeypatch):
-    _, int8 = models
+def test_products_alone_get_all_threads_and_nothing_changes(models, monkeypatch):
+    fp32, int8 = models
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    threads = torch.get_num_threads()
+    threads, seen = torch.get_num_threads(), []
     torch.set_num_threads(2)
+    hook = fp32.model.combine.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
         x = torch.randn(7, int8.generator.in_features, generator=torch.Generator().manual_seed(0))
+        joined = torch.randn(7, fp32.model.combine.in_features, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
-            outside = int8.generator(x)
-            with serial_except_products():
-                assert torch.get_num_threads() == 1  # the products alone get both threads
-                inside = int8.generator(x)
-        assert torch.get_num_threads() == 2 and torch.equal(inside, outside)
+            outside = int8.generator(x), fp32.model.combine(joined)
+            with products_in_parallel(fp32.model):
+                assert torch.get_num_threads() == 1  # element-wise work on one thread
+                inside = int8.generator(x), fp32.model.combine(joined)
+        assert seen == [2, 2]  # an fp32 product on both threads, inside as outside
+        assert torch.get_num_threads() == 2
+        assert all(torch.equal(a, b) for a, b in zip(inside, outside, strict=True))
         monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-        with serial_except_products():
+        with products_in_parallel(fp32.model):
             assert torch.get_num_threads() == 2  # spinning threads: nothing changes
     finally:
+        hook.remove()
         torch.set_num_threads(threads)
