@@ -99,8 +99,7 @@ class Group(NamedTuple):
     shortlist: Shortlist | None  # the group's output columns and per-row lists; None: all of V
 
     def select(self, index: Tensor) -> Group:
-        lists = self.shortlist
-        lists = None if lists is None else lists._replace(allowed=lists.allowed[index])
+        lists = None if self.shortlist is None else self.shortlist.rows(index)
         return Group(self.enc.select(index), self.src_lengths[index], self.ids[index], lists)
 
     def split(self, n: int) -> tuple[Group, Group]:
@@ -124,23 +123,14 @@ class _Rows(NamedTuple):
     shortlist: Shortlist | None
 
     def select(self, index: Tensor) -> _Rows:
-        """A subset of the rows; source positions that only left rows had are cut off."""
-        sents, enc = self.sents.select(index), self.enc.select(index)
+        """A subset of the rows; source positions that only left rows had are cut off before the copy."""
+        sents, enc = self.sents.select(index), self.enc
         width = int(sents.src_lengths.max()) if len(index) else 0
         if width < enc.mask.size(1):
             enc = EncoderOutput(enc.memory[:, :width], enc.keys[:, :width], enc.mask[:, :width], enc.state)
-        shortlist = (
-            None if self.shortlist is None else self.shortlist._replace(allowed=self.shortlist.allowed[index])
-        )
-        return _Rows(
-            sents,
-            enc,
-            self.prev[index],
-            self.log_prob[index],
-            self.steps[index],
-            self.slots[index],
-            shortlist,
-        )
+        lists = None if self.shortlist is None else self.shortlist.rows(index)
+        kept = (x[index] for x in (self.prev, self.log_prob, self.steps, self.slots))
+        return _Rows(sents, enc.select(index), *kept, lists)
 
 
 def _pad_source(enc: EncoderOutput, width: int) -> EncoderOutput:

@@ -32,6 +32,10 @@ class Shortlist(NamedTuple):
     vocab: Tensor
     allowed: Tensor
 
+    def rows(self, index: Tensor) -> Shortlist:
+        """The same columns for a subset of the sentences."""
+        return Shortlist(self.vocab, self.allowed[index])
+
 
 class RowLists(NamedTuple):
     """Per-row shortlists over the step model's columns, ready to condition on (N rows)."""
