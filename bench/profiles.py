@@ -7,6 +7,14 @@
                                                    batch, all lines
     python bench/profiles.py train-memory [--trim]   RSS per update (--trim: malloc_trim after each)
     python bench/profiles.py adam                    one Adam update of base-rnn's parameters, fused or not
+    python bench/profiles.py decode-steps MODEL [--beam 1] [--int8]
+                                                   decoder steps, rows per step and step time over
+                                                   test_2016_flickr, by rows per step
+    python bench/profiles.py products              ms of the products decoding and training run often:
+                                                   attention's matvec (column and row form), the output
+                                                   layer at 8-256 rows, its weight gradient per loss chunk
+    python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
+                                                   our int8 against torch.ao's, both against fp32
 
 Data: ${NMT_DATA:-../shared/data/multi30k}, subwords ${NMT_SPM:-runs/m30k/spm.model}. Threads from
 OMP_NUM_THREADS. Self CPU time is what the tables sort by.
@@ -154,16 +162,99 @@ def adam(args: argparse.Namespace) -> None:
         print(f"fused={fused}: {(time.perf_counter() - began) / args.updates * 1e3:.1f} ms per update")
 
 
+def _ms(run, repeats: int = 100) -> float:
+    for _ in range(5):
+        run()
+    began = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - began) / repeats * 1e3
+
+
+def decode_steps(args: argparse.Namespace) -> None:
+    from nmt_cli.checkpoint import load_model
+    from nmt_cli.config import DecodeConfig
+    from nmt_cli.decode import decode_ids
+    from nmt_cli.model import Seq2Seq
+    from nmt_cli.translate import for_decoding
+
+    # fp32 loads as every revision could, so older checkouts run this too (PYTHONPATH=... python -P)
+    loaded = for_decoding(load_model(args.model, mapped=False), True) if args.int8 else load_model(args.model)
+    ids, cfg = test_ids(loaded.subword), DecodeConfig(beam_size=args.beam)
+    decode_ids(loaded.model, ids[:128], cfg, batch_size=64)
+    steps, step = [], Seq2Seq.decode_step
+
+    def timed(self, prev, state, enc):  # noqa: ANN001, ANN202 - as Seq2Seq.decode_step
+        began = time.perf_counter()
+        out = step(self, prev, state, enc)
+        steps.append((prev.size(0), time.perf_counter() - began))
+        return out
+
+    Seq2Seq.decode_step = timed
+    began = time.perf_counter()
+    decode_ids(loaded.model, ids, cfg, batch_size=64)
+    total = time.perf_counter() - began
+    rows = sum(r for r, _ in steps)
+    print(f"{len(ids) / total:.1f} sentences/s; {len(steps)} steps, {rows / len(steps):.1f} rows per step")
+    for top in range(8, 64 * args.beam + 1, 8 * args.beam):
+        these = [t for r, t in steps if top - 8 * args.beam < r <= top]
+        if these:
+            ms = 1e3 * sum(these) / len(these)
+            print(f"  {top:4d} rows or fewer: {len(these):4d} steps, {ms:.2f} ms each")
+
+
+def products(args: argparse.Namespace) -> None:
+    print("attention matvec, (B, S, 512) keys by a (B, 512) query: column form, row form (ms)")
+    for B, S in ((64, 25), (320, 25), (150, 30), (64, 60), (8, 25)):
+        keys, query = torch.randn(B, S, 512), torch.randn(B, 512)
+        column = _ms(lambda k=keys, q=query: torch.bmm(k, q.unsqueeze(2)))
+        row = _ms(lambda k=keys, q=query: torch.bmm(q.unsqueeze(1), k.transpose(1, 2)))
+        print(f"  B {B:3d} S {S}: {column:.3f} {row:.3f}")
+    print("output layer, rows x 512 by 512 x 8,000 (addmm with the weight as nn.Linear keeps it)")
+    weight, bias = torch.randn(8000, 512), torch.randn(8000)
+    for rows in (8, 32, 64, 128, 256):
+        x = torch.randn(rows, 512)
+        ms = _ms(lambda x=x: torch.addmm(bias, x, weight.t()))
+        print(f"  {rows:3d} rows: {ms:.3f} ms, {2 * rows * 512 * 8000 / ms / 1e6:.0f} GFLOP/s")
+    grad, hidden, acc = torch.randn(512, 8000), torch.randn(512, 512), torch.zeros(8000, 512)
+    new = _ms(lambda: acc.add_(torch.mm(grad.t(), hidden)), 30)
+    inplace = _ms(lambda: acc.addmm_(grad.t(), hidden), 30)
+    print(
+        f"output weight gradient per 512-token chunk: new product + add {new:.2f} ms, addmm_ {inplace:.2f} ms"
+    )
+
+
+def int8_error(args: argparse.Namespace) -> None:
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # noqa: TID251
+
+    from nmt_cli.checkpoint import load_model
+    from nmt_cli.quantize import Int8Linear
+
+    layer = load_model(args.model).model.generator
+    x = torch.tanh(torch.randn(64, layer.in_features, generator=torch.Generator().manual_seed(0)))
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = layer(x)
+        ours = Int8Linear.of(layer)(x)
+        theirs = quantize_dynamic(torch.nn.Sequential(layer), {"0": per_channel_dynamic_qconfig})(x)
+    for name, approx in (("ours", ours), ("torch.ao", theirs)):
+        print(f"{name}: max relative error {float((approx - exact).abs().max() / exact.abs().max()):.4f}")
+
+
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
-    parser.add_argument("what", choices=["train", "decode", "decode-memory", "train-memory", "adam"])
-    parser.add_argument("model", nargs="?", help="a model.nmt file (decode, decode-memory)")
+    choices = ["train", "decode", "decode-memory", "train-memory", "adam", "decode-steps", "products"]
+    parser.add_argument("what", choices=[*choices, "int8-error"])
+    parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
+    parser.add_argument("--int8", action="store_true")
     parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--trim", action="store_true")
     args = parser.parse_args()
-    if args.what.startswith("decode") and not args.model:
+    if (args.what.startswith("decode") or args.what == "int8-error") and not args.model:
         parser.error(f"{args.what} needs a MODEL")
     dict(
         train=profile_train,
@@ -171,6 +262,9 @@ def main() -> None:
         train_memory=train_memory,
         decode_memory=decode_memory,
         adam=adam,
+        decode_steps=decode_steps,
+        products=products,
+        int8_error=int8_error,
     )[args.what.replace("-", "_")](args)
 
 

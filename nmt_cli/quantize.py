@@ -5,8 +5,8 @@ output channel); each row of an input is quantized as it comes, with its own sca
 multiplies in int8 with int32 sums (Jacob et al. 2018). A row's result depends on that row alone, so
 int8 output does not change with batch size or batch-mates. With torch.ao's dynamic quantization the
 batch's largest activation sets every row's scale: 151 of the 1,000 test_2016_flickr lines came out
-differently at batch size 1 and 64. One scale per row is also finer: half the error of torch.ao's 7-bit
-per-tensor activations on base-rnn's output layer. A shortlist takes a subset of an int8 layer's
+differently at batch size 1 and 64. One scale per row is also a little finer than torch.ao's 7-bit
+per-tensor activations (bench/profiles.py int8-error). A shortlist takes a subset of an int8 layer's
 columns as they are: the cut layer gives exactly the full layer's scores for those rows.
 """
 
