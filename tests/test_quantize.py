@@ -98,6 +98,14 @@ def test_an_output_layer_cut_to_rows_scores_them_exactly(models, int8):
         assert torch.equal(OutputRows(layer).cut(everything)(hidden), layer(hidden))
 
 
+def test_a_cut_int8_layer_keeps_the_layout_int_mm_runs_fastest(models):
+    _, quantized = models
+    rows = torch.tensor([0, 3, 7, 8, 100])
+    values = OutputRows(quantized.generator).cut(rows).weight.values
+    assert values.shape == (quantized.generator.in_features, len(rows))
+    assert values.t().is_contiguous()  # (K, N') as the transpose of row-major (N', K), as the full layer
+
+
 def test_int8_frees_the_fp32_layers_it_replaces(trained):
     """Decoding freezes the garbage collector, so the replaced layers must be freed by int8_dynamic."""
     model = load_model(trained, mapped=False).model
