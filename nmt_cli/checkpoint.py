@@ -7,7 +7,6 @@ read back with `torch.load(weights_only=True)`. Every file is written atomically
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,14 +15,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file as load_safetensors_file
-from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file as save_safetensors_file
 
 from nmt_cli import __version__
 from nmt_cli.config import ModelConfig, from_json, to_json
 from nmt_cli.errors import CheckpointError, ConfigError, InputError
 from nmt_cli.model import Seq2Seq, build_model
 from nmt_cli.subword import Subword
-from nmt_cli.textio import atomic_write
+from nmt_cli.textio import atomic_path, atomic_write
 
 FORMAT = "nmt-ckpt/1"
 SPM_KEY = "__subword_model__"
@@ -69,13 +68,23 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:8]
 
 
-def model_bytes(
+def save_model(
+    path: str | Path,
     model: Seq2Seq,
     subword: Subword,
     info: dict[str, Any] | None = None,
     extras: dict[str, torch.Tensor] | None = None,
-) -> bytes:
-    """Serialise a model, its config, its subword model and any extra tensors into safetensors bytes."""
+) -> None:
+    """The model file, streamed to path: safetensors' bytes would hold two copies of the weights."""
+    tensors, metadata = _model_record(model, subword, info, extras)
+    with atomic_path(path) as tmp:
+        save_safetensors_file(tensors, tmp, metadata=metadata)
+
+
+def _model_record(
+    model: Seq2Seq, subword: Subword, info: dict[str, Any] | None, extras: dict[str, torch.Tensor] | None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a model file."""
     tensors = _unique_tensors(model)
     tensors[SPM_KEY] = torch.frombuffer(bytearray(subword.to_bytes()), dtype=torch.uint8)
     tensors.update({EXTRA_PREFIX + name: t.contiguous() for name, t in (extras or {}).items()})
@@ -85,18 +94,7 @@ def model_bytes(
         "version": __version__,
         "info": json.dumps(info or {}, sort_keys=True),
     }
-    return save_safetensors(tensors, metadata=metadata)
-
-
-def save_model(
-    path: str | Path,
-    model: Seq2Seq,
-    subword: Subword,
-    info: dict[str, Any] | None = None,
-    extras: dict[str, torch.Tensor] | None = None,
-) -> None:
-    with atomic_write(path) as f:
-        f.write(model_bytes(model, subword, info, extras))
+    return tensors, metadata
 
 
 def _read_header(blob: bytes, path: str) -> dict[str, str]:
@@ -174,11 +172,10 @@ def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, 
 
 
 def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Optimizer, scheduler, RNG states and counters; plain containers only, so no pickle is needed."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
+    """Optimizer, scheduler, RNG states and counters; plain containers only, so no pickle is needed.
+    Streamed to the file: through a buffer, a base-rnn checkpoint held two extra copies (+210 MB RSS)."""
     with atomic_write(path) as f:
-        f.write(buffer.getvalue())
+        torch.save(state, f)
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

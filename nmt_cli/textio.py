@@ -63,8 +63,8 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
 
 
 @contextmanager
-def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
-    """Write to a temporary file beside path, fsync, then rename: readers see old or new, never half."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside path to write to; then fsync and rename: readers see old or new, never half."""
     path = Path(path)
     if path.is_dir():
         raise InputError("is a directory, expected a file to write", str(path))
@@ -74,15 +74,21 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
         raise InputError(f"cannot create directory: {e.strerror}", str(path.parent)) from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except PermissionError:
         raise InputError("permission denied", str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+    """atomic_path, opened for writing."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

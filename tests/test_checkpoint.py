@@ -117,3 +117,27 @@ def test_unmapped_load_gives_the_same_weights(trained):
     a, b = mapped.model.state_dict(), unmapped.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert unmapped.subword.vocab_size == mapped.subword.vocab_size and unmapped.digest == mapped.digest
+
+
+def test_a_save_that_fails_midway_leaves_the_old_files(tmp_path, subword, monkeypatch):
+    model = build_model(tiny_model_config(subword.vocab_size))
+    save_model(tmp_path / "m.nmt", model, subword, {"step": 1})
+    save_trainer_state(tmp_path / "state.pt", {"step": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def half_then_full_disk(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    def save_file(_tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            half_then_full_disk(f)
+
+    monkeypatch.setattr("nmt_cli.checkpoint.save_safetensors_file", save_file)
+    with pytest.raises(OSError):
+        save_model(tmp_path / "m.nmt", model, subword, {"step": 2})
+    monkeypatch.setattr(torch, "save", lambda _state, f: half_then_full_disk(f))
+    with pytest.raises(OSError):
+        save_trainer_state(tmp_path / "state.pt", {"step": 2})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
+    assert read_info(tmp_path / "m.nmt")[1] == {"step": 1}
