@@ -131,17 +131,18 @@ def test_model_config_vocab_must_match(subword):
     assert isinstance(tiny_model_config(subword.vocab_size), ModelConfig)
 
 
-def test_chunked_backward_equals_whole_loss(corpus, subword):
-
-    cfg = tiny_model_config(subword.vocab_size)
+@pytest.mark.parametrize("smoothing, tied", [(0.1, False), (0.0, False), (0.1, True)])
+def test_chunked_backward_equals_whole_loss(corpus, subword, smoothing, tied):
+    # the chunks' output layer backward is written by hand; autograd over the whole loss is the reference
+    cfg = tiny_model_config(subword.vocab_size, emb_size=128, tie_embeddings=tied)
     model = build_model(cfg)
     examples, _ = load_parallel(corpus.dev_src, corpus.dev_tgt, subword, 100)
     batch = collate(examples[:8])
-    (token_loss(model, batch, 0.1) / batch.n_tokens).backward()
+    (token_loss(model, batch, smoothing) / batch.n_tokens).backward()
     whole = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    total = backward_in_chunks(model, batch, 0.1, chunk=7)  # several uneven chunks
-    assert total == pytest.approx(token_loss(model, batch, 0.1).item(), rel=1e-5)
+    total = backward_in_chunks(model, batch, smoothing, chunk=7)  # several uneven chunks
+    assert total == pytest.approx(token_loss(model, batch, smoothing).item(), rel=1e-5)
     for name, p in model.named_parameters():
         assert torch.allclose(whole[name], p.grad, rtol=1e-4, atol=1e-7), name
 
