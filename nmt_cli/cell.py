@@ -120,7 +120,15 @@ class _GatesToState(torch.autograd.Function):
 
 def gates_to_state(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """LSTM pointwise part: gates (B, 4H) in nn.LSTM's order i, f, g, o, and c (B, H) -> h, c'."""
-    return _GatesToState.apply(gates, c)
+    if torch.is_grad_enabled():
+        return _GatesToState.apply(gates, c)
+    # int8 decoding steps here: the same kernels without the autograd node, and g's tanh written in place
+    H = c.size(1)
+    act = torch.sigmoid(gates)
+    torch.tanh(gates[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
+    i, f, g, o = act.chunk(4, dim=1)
+    c_new = torch.addcmul(f * c, i, g)
+    return o * torch.tanh(c_new), c_new
 
 
 class Collectors:

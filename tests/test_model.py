@@ -125,3 +125,19 @@ def test_fast_training_forward_has_the_plain_gradients(attention, input_feeding)
     assert torch.allclose(fast, plain, rtol=1e-5)
     for name, p in model.named_parameters():
         assert torch.allclose(fast_grads[name], p.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_lstm_pointwise_part_is_nn_lstms_with_and_without_autograd():
+    from nmt_cli.cell import gates_to_state
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 4, batch_first=True)
+    x, h, c = torch.randn(3, 5), torch.randn(3, 4), torch.randn(3, 4)
+    gates = x @ lstm.weight_ih_l0.t() + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.t() + lstm.bias_hh_l0
+    with torch.no_grad():
+        _, (h_ref, c_ref) = lstm(x.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
+        inference = gates_to_state(gates, c)
+    training = gates_to_state(gates.detach().requires_grad_(), c)
+    assert torch.allclose(inference[0], h_ref[0], atol=1e-6)
+    assert torch.allclose(inference[1], c_ref[0], atol=1e-6)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(inference, training, strict=True))  # the same bits
