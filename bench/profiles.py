@@ -13,6 +13,8 @@
     python bench/profiles.py products              ms of the products decoding and training run often:
                                                    attention's matvec (column and row form), the output
                                                    layer at 8-256 rows, its weight gradient per loss chunk
+    python bench/profiles.py int8-threads            us of the int8 (and fp32) products decoding runs, on one
+                                                   thread and on two woken for each (OMP_WAIT_POLICY=PASSIVE)
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
                                                    our int8 against torch.ao's, both against fp32
 
@@ -27,6 +29,7 @@ import ctypes
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -224,6 +227,42 @@ def products(args: argparse.Namespace) -> None:
     )
 
 
+def int8_threads(args: argparse.Namespace) -> None:
+    """The trade threads.PARALLEL_INT8_MACS makes: one thread, or two with the second woken per product."""
+    torch.set_num_threads(1)
+
+    def woken(product):  # noqa: ANN001, ANN202 - as threads.in_parallel does it
+        def run():  # noqa: ANN202
+            torch.set_num_threads(2)
+            try:
+                return product()
+            finally:
+                torch.set_num_threads(1)
+
+        return run
+
+    shapes = (
+        (64, 1280, 2048),
+        (64, 1024, 512),
+        (64, 512, 1500),
+        (64, 512, 8000),
+        (64, 256, 1024),
+        (128, 256, 2048),
+    )
+    for M, K, N in shapes:
+        q, w = (
+            torch.randint(-127, 127, (M, K), dtype=torch.int8),
+            torch.randint(-127, 127, (N, K), dtype=torch.int8),
+        )
+        int8 = partial(torch._int_mm, q, w.t())
+        fp32 = partial(torch.nn.functional.linear, torch.randn(M, K), torch.randn(N, K))
+        us = [_ms(f, n) * 1e3 for f, n in ((int8, 300), (woken(int8), 300), (fp32, 100), (woken(fp32), 100))]
+        print(
+            f"{M:4d} x {K:4d} x {N:4d} ({M * K * N / 1e6:5.1f} M MAC), one thread / two: "
+            f"int8 {us[0]:6.0f} / {us[1]:6.0f} us, fp32 {us[2]:6.0f} / {us[3]:6.0f} us"
+        )
+
+
 def int8_error(args: argparse.Namespace) -> None:
     import warnings
 
@@ -246,7 +285,16 @@ def int8_error(args: argparse.Namespace) -> None:
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
-    choices = ["train", "decode", "decode-memory", "train-memory", "adam", "decode-steps", "products"]
+    choices = [
+        "train",
+        "decode",
+        "decode-memory",
+        "train-memory",
+        "adam",
+        "decode-steps",
+        "products",
+        "int8-threads",
+    ]
     parser.add_argument("what", choices=[*choices, "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
     parser.add_argument("--int8", action="store_true")
@@ -264,6 +312,7 @@ def main() -> None:
         adam=adam,
         decode_steps=decode_steps,
         products=products,
+        int8_threads=int8_threads,
         int8_error=int8_error,
     )[args.what.replace("-", "_")](args)
 

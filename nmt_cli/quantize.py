@@ -50,7 +50,10 @@ def int8_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None = None) -> Tensor:
     linalg's inf-norm for the row maxima, each cost more than the int8 product itself (2.5 / 0.2 ms)."""
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
     q = torch.div(x, scale).round_().to(torch.int8)
-    out = in_parallel(lambda: torch._int_mm(q, w.values)).to(x.dtype).mul_(scale).mul_(w.scales)
+    macs = q.size(0) * q.size(1) * w.values.size(1)
+    out = (
+        in_parallel(lambda: torch._int_mm(q, w.values), int8_macs=macs).to(x.dtype).mul_(scale).mul_(w.scales)
+    )
     return out if bias is None else out.add_(bias)
 
 

@@ -18,6 +18,10 @@ import torch
 from torch import nn
 
 T = TypeVar("T")
+# int8 products smaller than this run faster on one thread than on two with a sleeping thread to wake
+# (bench/profiles.py int8-threads: 64 x 1024 x 512 in 90 against 107 us, 64 x 256 x 1024 in 41 against
+# 71; 64 x 1280 x 2048 in 406 against 268). fp32 products, nine times the work, always pay for it.
+PARALLEL_INT8_MACS = 64_000_000
 _threads = 1  # the threads products get inside products_in_parallel; 1 outside it
 
 
@@ -49,9 +53,10 @@ def products_in_parallel(model: nn.Module) -> Iterator[None]:
         _threads = 1
 
 
-def in_parallel(product: Callable[[], T]) -> T:
-    """product() on all threads inside products_in_parallel, for layers the hooks do not reach."""
-    if _threads == 1:
+def in_parallel(product: Callable[[], T], int8_macs: int | None = None) -> T:
+    """product() on all threads inside products_in_parallel, for layers the hooks do not reach; an int8
+    product of fewer than PARALLEL_INT8_MACS multiply-adds stays on one, as waking a thread costs more."""
+    if _threads == 1 or (int8_macs is not None and int8_macs < PARALLEL_INT8_MACS):
         return product()
     torch.set_num_threads(_threads)
     try:
