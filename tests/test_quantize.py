@@ -12,7 +12,7 @@ from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
 from nmt_cli.quantize import OutputRows, int8_dynamic, is_int8
 from nmt_cli.textio import read_lines
-from nmt_cli.threads import products_in_parallel
+from nmt_cli.threads import PARALLEL_INT8_MACS, in_parallel, products_in_parallel
 
 
 @pytest.fixture(scope="module")
@@ -136,4 +136,20 @@ def test_products_alone_get_all_threads_and_nothing_changes(models, monkeypatch)
             assert torch.get_num_threads() == 2  # spinning threads: nothing changes
     finally:
         hook.remove()
+        torch.set_num_threads(threads)
+
+
+def test_small_int8_products_stay_on_one_thread(models, monkeypatch):
+    fp32, _ = models
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with products_in_parallel(fp32.model):
+            small = in_parallel(torch.get_num_threads, int8_macs=PARALLEL_INT8_MACS - 1)
+            large = in_parallel(torch.get_num_threads, int8_macs=PARALLEL_INT8_MACS)
+            fp32_product = in_parallel(torch.get_num_threads)
+            after = torch.get_num_threads()
+        assert (small, large, fp32_product, after) == (1, 2, 2, 1)
+    finally:
         torch.set_num_threads(threads)
