@@ -6,6 +6,8 @@
     python bench/profiles.py decode-memory MODEL     load time; RSS after imports, loading, the first
                                                    batch, all lines
     python bench/profiles.py train-memory [--trim]   RSS per update (--trim: malloc_trim after each)
+    python bench/profiles.py save-memory             what saving a base-rnn run's checkpoints (save_run) adds
+                                                   to RSS, and how long it takes
     python bench/profiles.py adam                    one Adam update of base-rnn's parameters, fused or not
     python bench/profiles.py decode-steps MODEL [--beam 1] [--int8]
                                                    decoder steps, rows per step and step time over
@@ -152,6 +154,27 @@ def train_memory(args: argparse.Namespace) -> None:
     print(f"{tokens / (time.perf_counter() - began):.0f} tok/s after the first 4 updates", file=sys.stderr)
 
 
+def save_memory(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from nmt_cli.run_files import Counters, save_run
+    from nmt_cli.subword import Subword
+    from nmt_cli.train import train_step
+
+    model, optimizer, cfg, batches = base_rnn(0)
+    for batch in batches[:2]:  # Adam's state exists from the first update on
+        train_step(model, optimizer, batch, cfg, cfg.lr)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) starts again from here
+    rss("before save_run")
+    with tempfile.TemporaryDirectory() as out:
+        began = time.perf_counter()
+        save_run(Path(out), model, optimizer, Subword.from_file(SPM), Counters(), {}, True, cfg)
+        print(f"save_run: {time.perf_counter() - began:.2f} s", file=sys.stderr)
+    rss("after save_run")
+
+
 def adam(args: argparse.Namespace) -> None:
     model, _, _, _ = base_rnn(0)
     for p in model.parameters():
@@ -294,6 +317,7 @@ def main() -> None:
         "decode-steps",
         "products",
         "int8-threads",
+        "save-memory",
     ]
     parser.add_argument("what", choices=[*choices, "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
@@ -310,6 +334,7 @@ def main() -> None:
         train_memory=train_memory,
         decode_memory=decode_memory,
         adam=adam,
+        save_memory=save_memory,
         decode_steps=decode_steps,
         products=products,
         int8_threads=int8_threads,
