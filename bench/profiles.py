@@ -12,7 +12,8 @@
     python bench/profiles.py decode-steps MODEL [--beam 1] [--int8]
                                                    decoder steps, rows per step and step time over
                                                    test_2016_flickr, by rows per step
-    python bench/profiles.py products              ms of the products decoding and training run often:
+    python bench/profiles.py products              ms of an int8 shortlist cut (two ways) and of the products
+                                                   decoding and training run often:
                                                    attention's matvec (column and row form), the output
                                                    layer at 8-256 rows, its weight gradient per loss chunk
     python bench/profiles.py int8-threads            us of the int8 (and fp32) products decoding runs, on one
@@ -230,6 +231,14 @@ def decode_steps(args: argparse.Namespace) -> None:
 
 
 def products(args: argparse.Namespace) -> None:
+    int8 = torch.randint(-127, 127, (8000, 512), dtype=torch.int8).t()  # Int8Weight.values' layout
+    rows = torch.randperm(8000)[:1500].sort().values
+    columns = _ms(lambda: int8.index_select(1, rows))
+    gathered = _ms(lambda: int8.t().index_select(0, rows).t())
+    print(
+        f"int8 output layer cut to 1,500 of 8,000 pieces: columns of (K, N) {columns:.3f} ms, rows of (N, K) "
+        f"{gathered:.3f} ms"
+    )
     print("attention matvec, (B, S, 512) keys by a (B, 512) query: column form, row form (ms)")
     for B, S in ((64, 25), (320, 25), (150, 30), (64, 60), (8, 25)):
         keys, query = torch.randn(B, S, 512), torch.randn(B, 512)

@@ -52,7 +52,7 @@ def backward_in_chunks(model: Seq2Seq, batch: Batch, label_smoothing: float, chu
             end = start + chunk
             total += _output_layer_step(
                 model.generator,
-                states[start:end].detach(),
+                states[start:end],
                 targets[start:end],
                 label_smoothing,
                 1.0 / batch.n_tokens,
@@ -76,12 +76,12 @@ def _output_layer_step(
     z.sub_(z.amax(dim=1, keepdim=True))  # log p = z - log sum exp z, now with max 0
     target_z = z.gather(1, targets.unsqueeze(1)).squeeze(1)
     mean_z = z.mean(dim=1) if smoothing else None
-    log_norm = z.exp_().sum(dim=1, keepdim=True)  # z is exp(z) from here on
-    log_norm.log_()
-    loss = -(1.0 - smoothing) * (target_z - log_norm.squeeze(1))
+    norm = z.exp_().sum(dim=1, keepdim=True)  # z is exp(z) from here on
+    log_norm = norm.log().squeeze(1)
+    loss = -(1.0 - smoothing) * (target_z - log_norm)
     if mean_z is not None:
-        loss -= smoothing * (mean_z - log_norm.squeeze(1))
-    grad_z = z.mul_(scale / log_norm.exp_())  # scale * p
+        loss -= smoothing * (mean_z - log_norm)
+    grad_z = z.mul_(scale / norm)  # scale * p
     if smoothing:
         grad_z.sub_(scale * smoothing / V)
     grad_z.scatter_add_(1, targets.unsqueeze(1), z.new_full((len(targets), 1), -scale * (1.0 - smoothing)))

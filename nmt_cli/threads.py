@@ -19,8 +19,8 @@ from torch import nn
 
 T = TypeVar("T")
 # int8 products smaller than this run faster on one thread than on two with a sleeping thread to wake
-# (bench/profiles.py int8-threads: 64 x 1024 x 512 in 90 against 107 us, 64 x 256 x 1024 in 41 against
-# 71; 64 x 1280 x 2048 in 406 against 268). fp32 products, nine times the work, always pay for it.
+# (bench/profiles.py int8-threads: 64 x 1024 x 512 in 85 against 106 us, 64 x 256 x 1024 in 40 against
+# 68; 64 x 1280 x 2048 in 399 against 282). fp32 products, nine times the work, always pay for it.
 PARALLEL_INT8_MACS = 64_000_000
 _threads = 1  # the threads products get inside products_in_parallel; 1 outside it
 
