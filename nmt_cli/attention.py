@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from nmt_cli.gemm import Linear
+
 MatVec = Callable[[Tensor, Tensor], Tensor]  # mat (B, S, D), vec (B, D) -> (B, S): the model's cell.matvec
 
 
@@ -31,7 +33,7 @@ class LuongAttention(nn.Module):
         self.kind = kind
         self.scale = 1.0 / math.sqrt(query_size) if kind == "scaled-dot" else 1.0
         # general: W_a h_s is computed once per batch, so each step is a single batched dot product
-        self.key_proj = nn.Linear(memory_size, query_size, bias=False) if kind == "general" else None
+        self.key_proj = Linear(memory_size, query_size, bias=False) if kind == "general" else None
 
     def project_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, M) -> keys (B, S, H)."""
@@ -56,9 +58,9 @@ class BahdanauAttention(nn.Module):
 
     def __init__(self, query_size: int, memory_size: int):
         super().__init__()
-        self.key_proj = nn.Linear(memory_size, query_size, bias=False)  # U, once per batch
-        self.query_proj = nn.Linear(query_size, query_size, bias=True)  # W
-        self.v = nn.Linear(query_size, 1, bias=False)
+        self.key_proj = Linear(memory_size, query_size, bias=False)  # U, once per batch
+        self.query_proj = Linear(query_size, query_size, bias=True)  # W
+        self.v = Linear(query_size, 1, bias=False)
 
     def project_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, M) -> keys (B, S, H)."""

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from nmt_cli import gemm
+
 
 class _DeferredLinear(torch.autograd.Function):
     """add + x @ w.T whose weight gradient is summed over all steps of a sequence in one matmul."""
@@ -24,7 +26,8 @@ class _DeferredLinear(torch.autograd.Function):
     def forward(ctx: Any, add: Tensor, x: Tensor, weight: Tensor, collector: list, first: bool) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.collector, ctx.first = collector, first
-        return torch.addmm(add, x, weight.t())
+        product = gemm.linear(x, weight)
+        return product if add.dim() == 0 else product.add_(add)  # a 0-dim add is linear()'s zero
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -33,10 +36,10 @@ class _DeferredLinear(torch.autograd.Function):
         grad_weight = None
         if ctx.first:  # step 0 is reached last: every later step has added its pair by now
             grads, inputs = zip(*ctx.collector, strict=True)
-            grad_weight = torch.cat(grads).t() @ torch.cat(inputs)
+            grad_weight = gemm.mm(torch.cat(grads).t(), torch.cat(inputs))
             ctx.collector.clear()
         grad_add = grad if ctx.needs_input_grad[0] else None
-        grad_x = grad @ weight if ctx.needs_input_grad[1] else None
+        grad_x = gemm.mm(grad, weight) if ctx.needs_input_grad[1] else None
         return grad_add, grad_x, grad_weight, None, None
 
 
@@ -151,7 +154,7 @@ def linear(
 ) -> Tensor:
     """add + x (B, I) @ weight (O, I).T -> (B, O); deferred weight gradient while training."""
     if not torch.is_grad_enabled():
-        return x @ weight.t() if add is None else torch.addmm(add, x, weight.t())
+        return gemm.linear(x, weight) if add is None else gemm.linear(x, weight).add_(add)
     if add is None:
         add = x.new_zeros(())
     return _DeferredLinear.apply(add, x, weight, collectors.get(name), first)
@@ -165,7 +168,7 @@ class LayerWeights(NamedTuple):
 def input_projection(rnn: nn.LSTM, emb: Tensor) -> Tensor:
     """emb (..., E) -> layer 0's gate pre-activations from the embedding columns, plus both biases."""
     e = emb.size(-1)
-    return torch.nn.functional.linear(emb, rnn.weight_ih_l0[:, :e], rnn.bias_ih_l0 + rnn.bias_hh_l0)
+    return gemm.linear_with_grad(emb, rnn.weight_ih_l0[:, :e], rnn.bias_ih_l0 + rnn.bias_hh_l0)
 
 
 def lstm_step(

@@ -107,6 +107,10 @@ def translate(
     _sleeping_idle_threads()
     import time
 
+    from nmt_cli import gemm
+
+    gemm.set_cache_capacity(gemm.DECODING_CACHE)  # before the first product: see gemm
+
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
     from nmt_cli.console import console, setup_logging

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt_cli import gemm
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data import Batch, Example, collate
 from nmt_cli.decode import decode_ids
@@ -47,10 +48,11 @@ def backward_in_chunks(model: Seq2Seq, batch: Batch, label_smoothing: float, chu
     states, targets = hidden[real], batch.tgt_out[real]  # (N, H), (N,)
     grad_states = torch.empty_like(states)
     total = 0.0
+    weight_grad_t = None  # the output layer's weight gradient, transposed: (H, V), summed over chunks
     with torch.no_grad():
         for start in range(0, states.size(0), chunk):
             end = start + chunk
-            total += _output_layer_step(
+            loss, chunk_grad_t = _output_layer_step(
                 model.generator,
                 states[start:end],
                 targets[start:end],
@@ -58,20 +60,27 @@ def backward_in_chunks(model: Seq2Seq, batch: Batch, label_smoothing: float, chu
                 1.0 / batch.n_tokens,
                 grad_states[start:end],
             )
+            total += loss
+            weight_grad_t = chunk_grad_t if weight_grad_t is None else weight_grad_t.add_(chunk_grad_t)
+        if weight_grad_t is not None:
+            grad_t = weight_grad_t
+            _accumulate(model.generator.weight, grad_t.t().contiguous, lambda g: g.add_(grad_t.t()))
     states.backward(grad_states)
     return total
 
 
 def _output_layer_step(
     generator: nn.Linear, h: Tensor, targets: Tensor, smoothing: float, scale: float, grad_h: Tensor
-) -> float:
-    """Summed smoothed cross-entropy of h (N, H) against targets (N,), as F.cross_entropy defines it.
+) -> tuple[float, Tensor]:
+    """Summed smoothed cross-entropy of h (N, H) against targets (N,), as F.cross_entropy defines it,
+    and scale * its gradient for the generator's weight, transposed (H, V).
 
-    Adds scale * its gradient to the generator's weight and bias .grad, and writes the gradient for h
-    into grad_h. With q = (1 - eps) onehot(t) + eps / V and p = softmax(z), the loss of a row is
-    -sum_v q_v log p_v and its gradient for the logits z is p - q.
+    Adds scale * its gradient to the generator's bias .grad, and writes the gradient for h into grad_h.
+    With q = (1 - eps) onehot(t) + eps / V and p = softmax(z), the loss of a row is -sum_v q_v log p_v
+    and its gradient for the logits z is p - q. The weight gradient comes transposed, h.T @ grad_z: that
+    way round the product's left operand is the small h.T, not the (V, N) transpose of grad_z.
     """
-    z = torch.addmm(generator.bias, h, generator.weight.t())  # (N, V), the one big buffer
+    z = gemm.linear(h, generator.weight, generator.bias)  # (N, V), the one big buffer
     V = z.size(1)
     z.sub_(z.amax(dim=1, keepdim=True))  # log p = z - log sum exp z, now with max 0
     target_z = z.gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -85,10 +94,9 @@ def _output_layer_step(
     if smoothing:
         grad_z.sub_(scale * smoothing / V)
     grad_z.scatter_add_(1, targets.unsqueeze(1), z.new_full((len(targets), 1), -scale * (1.0 - smoothing)))
-    torch.mm(grad_z, generator.weight, out=grad_h)
-    _accumulate(generator.weight, lambda: grad_z.t() @ h, lambda g: g.addmm_(grad_z.t(), h))
+    grad_h.copy_(gemm.mm(grad_z, generator.weight))
     _accumulate(generator.bias, lambda: grad_z.sum(0), lambda g: g.add_(grad_z.sum(0)))
-    return float(loss.sum())
+    return float(loss.sum()), gemm.mm(h.t(), grad_z)
 
 
 def _accumulate(p: Tensor, new: Callable[[], Tensor], add: Callable[[Tensor], Tensor]) -> None:

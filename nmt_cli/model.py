@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt_cli import gemm
 from nmt_cli.attention import build_attention, masked_softmax
-from nmt_cli.cell import Collectors, LayerWeights, input_projection, linear, lstm_step, matvec
+from nmt_cli.cell import Collectors, LayerWeights, gates_to_state, input_projection, linear, lstm_step, matvec
 from nmt_cli.config import ModelConfig
 from nmt_cli.dropout import Dropout
+from nmt_cli.gemm import Linear
+from nmt_cli.threads import in_parallel
 
 PAD = 0  # the subword module fixes PAD=0, UNK=1, BOS=2, EOS=3; the model only needs PAD
 
@@ -136,16 +139,19 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(cfg, src_embedding)
         self.tgt_embedding = tgt_embedding
         H, L = cfg.decoder_hidden, cfg.decoder_layers
-        self.bridge = nn.Linear(cfg.memory_size, 2 * L * H) if cfg.bridge else None
+        self.bridge = Linear(cfg.memory_size, 2 * L * H) if cfg.bridge else None
         feed = H if cfg.input_feeding else 0
         self.decoder_rnn = nn.LSTM(
             cfg.emb_size + feed, H, num_layers=L, batch_first=True, dropout=cfg.dropout if L > 1 else 0.0
         )
         self.attention = build_attention(cfg.attention, H, cfg.memory_size)
-        self.combine = nn.Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
+        self.combine = Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
         self.dropout = Dropout(cfg.dropout)
         self.dropout_between = Dropout(cfg.dropout if L > 1 else 0.0)  # as nn.LSTM between its layers
-        self.generator = nn.Linear(H, cfg.vocab_size)
+        self.generator = Linear(H, cfg.vocab_size)
+        # decode_step's packed LSTM weights, by the weights' identity; a dict, so that the shallow copies
+        # the shortlist makes of the model (shortlist.with_output_layer) share it
+        self._packed_lstm: dict[str, object] = {}
         self.reset_parameters()
         self.tie_weights()
 
@@ -173,15 +179,50 @@ class Seq2Seq(nn.Module):
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
         """prev_tokens (B,) -> log-probabilities of the next token (B, V), new state, attention (B, S).
 
-        Runs the decoder LSTM as a module (one fused call per step, which --int8 can quantize); training
-        steps the same weights by hand (see _step), and a test keeps the two equal.
+        Without autograd, an nn.LSTM decoder is stepped by hand over packed copies of its weights
+        (_packed_lstm_step); otherwise, and once --int8 has replaced it, the LSTM runs as a module. Training
+        steps the same weights by hand (see _step), and tests keep all three equal.
         """
         emb = self.dropout(self.tgt_embedding(prev_tokens))
         x = torch.cat([emb, state.feed], dim=1) if self.cfg.input_feeding else emb
-        out, (h, c) = self.decoder_rnn(x.unsqueeze(1), (state.h, state.c))
-        hidden, attn = self._attend(out.squeeze(1), enc)
+        if type(self.decoder_rnn) is nn.LSTM and not torch.is_grad_enabled() and gemm.pack_available():
+            h, c = self._packed_lstm_step(x, state.h, state.c)
+            out = h[-1]
+        else:
+            out, (h, c) = self.decoder_rnn(x.unsqueeze(1), (state.h, state.c))
+            out = out.squeeze(1)
+        hidden, attn = self._attend(out, enc)
         feed = hidden if self.cfg.input_feeding else state.feed
         return StepOutput(F.log_softmax(self.generator(hidden), dim=-1), DecoderState(h, c, feed), attn)
+
+    def _packed_lstm_step(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """One nn.LSTM step at inference, x (B, I), h and c (L, B, H) -> h, c, each layer's [input |
+        recurrent] product one call on a packed weight. torch's oneDNN LSTM reorders its weights inside
+        every call: at 64 rows that made a step 3 ms against about 1 ms here (bench/profiles.py gemm)."""
+        rnn, hs, cs, cache = self.decoder_rnn, [], [], self._packed_lstm
+        key = tuple((p.data_ptr(), p._version) for p in rnn.parameters())
+        if cache.get("key") != key:
+            cache["layers"] = [
+                (
+                    gemm.pack(
+                        torch.cat([getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"weight_hh_l{i}")], 1)
+                    ),
+                    (getattr(rnn, f"bias_ih_l{i}") + getattr(rnn, f"bias_hh_l{i}")).detach(),
+                )
+                for i in range(rnn.num_layers)
+            ]
+            cache["key"] = key
+        layers: list[tuple[Tensor, Tensor]] = cache["layers"]  # type: ignore[assignment]
+        for layer, (weight, bias) in enumerate(layers):
+            joined = torch.cat([x, h[layer]], dim=1)
+            gates = in_parallel(
+                lambda joined=joined, weight=weight, bias=bias: gemm.linear_packed(joined, weight, bias)
+            )
+            h_new, c_new = gates_to_state(gates, c[layer])
+            hs.append(h_new)
+            cs.append(c_new)
+            x = h_new  # nn.LSTM's dropout between layers is off in eval mode
+        return torch.stack(hs), torch.stack(cs)
 
     # --- training -----------------------------------------------------------------------------------
 

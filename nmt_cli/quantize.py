@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from nmt_cli import gemm
 from nmt_cli.cell import gates_to_state
 from nmt_cli.model import Seq2Seq
 from nmt_cli.threads import in_parallel
@@ -153,12 +154,13 @@ def _called_as_modules(model: Seq2Seq) -> dict[type, list[str]]:
         module.register_forward_pre_hook(lambda *_, name=name, kind=kind: called[kind].append(name))
         for name, module in model.named_modules()
         for kind in (nn.Linear, nn.LSTM)
-        if type(module) is kind
+        if isinstance(module, kind)
     ]
     try:
         src = torch.full((1, 2), 4, dtype=torch.long)  # any two real (non-special) ids
-        enc = model.eval().encode(src, torch.tensor([2]))
-        model.decode_step(torch.tensor([2]), enc.state, enc)
+        with gemm.unpacked():  # or decode_step steps its LSTM by hand over packed weights
+            enc = model.eval().encode(src, torch.tensor([2]))
+            model.decode_step(torch.tensor([2]), enc.state, enc)
     finally:
         for hook in hooks:
             hook.remove()
@@ -186,11 +188,15 @@ class OutputRows:
 
 
 class _Linear(nn.Module):
-    """x @ weight.T + bias with given tensors: no random init to throw away, unlike nn.Linear."""
+    """x @ weight.T + bias with given tensors: no random init to throw away, unlike nn.Linear. The weight
+    is packed as gemm.Linear packs its own, so that a cut of every row gives the full layer's bits."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
         self.weight, self.bias = weight, bias
+        self.packed = gemm.pack(weight) if gemm.pack_available() else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return in_parallel(lambda: torch.nn.functional.linear(x, self.weight, self.bias))
+        if self.packed is None:
+            return in_parallel(lambda: gemm.linear(x, self.weight, self.bias))
+        return in_parallel(lambda: gemm.linear_packed(x, self.packed, self.bias))

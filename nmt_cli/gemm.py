@@ -1,0 +1,180 @@
+"""fp32 matrix products through oneDNN where this torch build has it, else through torch's own (MKL).
+
+torch.mm on x86 calls MKL, whose sgemm runs its AVX2 code on AMD CPUs, AVX-512 or not. oneDNN, which
+torch also ships (it runs the LSTM layers), takes the widest vector unit it finds. On the 2-core AMD EPYC
+(AVX-512) benchmark machine, 2048² products run at ~200 GFLOP/s through torch.mm and ~400 through oneDNN,
+and base-rnn's products 1.5-2.7x faster (`python bench/profiles.py gemm`). Both are IEEE fp32 with fp32
+accumulation, no reduced precision; the sums run in another order, so results differ in the last bits.
+
+The oneDNN call (`torch.ops.mkldnn._linear_pointwise`, what torch.compile emits for CPU linears) has no
+autograd: `linear` and `mm` are for no-grad code and the backward of autograd Functions, and `Linear`
+is nn.Linear with a backward written out. NMT_GEMM=torch keeps every product on torch's own path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_LinearOp = Callable[..., Tensor]
+PACKED_ROWS = 64  # the row count a packed weight is tuned for: translate's default batch
+
+# oneDNN compiles a kernel for each product shape it meets and keeps up to 1,024 in each of two caches.
+# Training meets new shapes with every batch (rows are sentences): the kept kernels, scattered through the
+# heap, took base-rnn from a 1,035 MB peak over 40 updates (32 kept) to 1,566 over 80 (256 kept).
+# Decoding meets a shape for every row count of every product, and re-compiling them cost it 1.4x
+# (391 against 548 sentences/s greedy with 32 and 256 kept). oneDNN reads the setting once, at its first
+# use in the process: set_cache_capacity must come before that, and a user's own setting wins.
+CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+TRAINING_CACHE, DECODING_CACHE = 32, 256
+_USER_CACHES = {name for name in CACHE_VARIABLES if name in os.environ}
+
+
+def set_cache_capacity(kernels: int) -> None:
+    """How many compiled kernels oneDNN keeps per cache; effective only before its first use."""
+    for name in CACHE_VARIABLES:
+        if name not in _USER_CACHES:
+            os.environ[name] = str(kernels)
+
+
+set_cache_capacity(TRAINING_CACHE)  # the safe default; translate asks for more before it loads a model
+
+
+def _onednn_linear() -> _LinearOp | None:
+    """The oneDNN linear op when this build has it (looked up, not run: running it would fix the caches)."""
+    if os.environ.get("NMT_GEMM", "onednn") == "torch" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a build without it
+        return None
+
+
+_ONEDNN = _onednn_linear()
+
+
+def backend() -> str:
+    """Which library runs the products: "onednn" or "torch"."""
+    return "torch" if _ONEDNN is None else "onednn"
+
+
+def _dense(t: Tensor) -> Tensor:
+    """t itself when its rows or its columns are contiguous; oneDNN runs other strides very slowly."""
+    return t if t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()) else t.contiguous()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., K) @ weight (N, K).T + bias (N,), without autograd.
+
+    weight may be a transposed view (oneDNN reads it as it is); x is made contiguous if it is not.
+    """
+    if _ONEDNN is None or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        with torch.no_grad():
+            return F.linear(x, weight, bias)
+    return _ONEDNN(x.contiguous(), _dense(weight), bias, "none", [], "")
+
+
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """a (M, K) @ b (K, N), without autograd; may return a transposed view.
+
+    The left operand must be contiguous for oneDNN. When a is not and b is, the product is taken the
+    other way round, (b.T @ a.T).T, so that the smaller of the two is the one copied.
+    """
+    if _ONEDNN is None or a.is_contiguous() or a.numel() <= b.numel():
+        return linear(a, b.t())
+    return linear(b.t(), a).t()
+
+
+class _LinearFunction(torch.autograd.Function):
+    """F.linear's forward and backward, each product through `linear`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = linear(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        rows = grad.reshape(-1, grad.size(-1))
+        grad_w = mm(rows.t(), x.reshape(-1, x.size(-1))) if ctx.needs_input_grad[1] else None
+        grad_b = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def linear_with_grad(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear with its products through `linear`, forward and backward."""
+    if _ONEDNN is None:
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearFunction.apply(x, weight, bias)
+    return linear(x, weight, bias)
+
+
+def _reorder_op() -> Callable[..., Tensor] | None:
+    try:  # looked up only, as _onednn_linear
+        return None if _ONEDNN is None else torch.ops.mkldnn._reorder_linear_weight
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_REORDER = _reorder_op()
+
+
+_packing = True  # off inside unpacked()
+
+
+def pack_available() -> bool:
+    """Whether `pack` and `linear_packed` run here (oneDNN with its weight reorder), and are wanted."""
+    return _REORDER is not None and _packing
+
+
+@contextmanager
+def unpacked() -> Iterator[None]:
+    """Inside, layers use their weights as they are: to see which modules a step calls, for example."""
+    global _packing
+    before, _packing = _packing, False
+    try:
+        yield
+    finally:
+        _packing = before
+
+
+def pack(weight: Tensor) -> Tensor | None:
+    """weight (N, K) reordered into oneDNN's blocked layout for `linear_packed`; None without oneDNN.
+
+    A reordered weight is a second copy. At inference, where weights stay fixed, it saves the reorder
+    that oneDNN otherwise does inside every call: a 64-row output layer takes 1.2 instead of 1.6 ms.
+    """
+    if _REORDER is None or weight.dtype != torch.float32:
+        return None
+    return _REORDER(weight.detach(), PACKED_ROWS)
+
+
+def linear_packed(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., K) @ weight.T + bias, with weight as `pack` returned it; without autograd."""
+    assert _ONEDNN is not None
+    return _ONEDNN(x.contiguous(), packed, bias, "none", [], "")
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) whose products run through `linear`; without autograd,
+    through a packed copy of the weight, made again when the weight changes."""
+
+    _packed: tuple[tuple[int, int], Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not pack_available() or torch.is_grad_enabled() or x.dtype != torch.float32:
+            return linear_with_grad(x, self.weight, self.bias)
+        key = (self.weight.data_ptr(), self.weight._version)  # an optimizer step bumps the version
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, pack(self.weight))
+        return linear_packed(x, self._packed[1], self.bias)

@@ -1,0 +1,90 @@
+"""The products through oneDNN equal torch's, operand layouts and gradients included."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt_cli import gemm
+from nmt_cli.model import build_model
+from tests.conftest import tiny_model_config
+
+needs_onednn = pytest.mark.skipif(gemm.backend() != "onednn", reason="this torch build has no oneDNN linear")
+
+
+def test_linear_and_mm_equal_torch_for_every_operand_layout():
+    torch.manual_seed(0)
+    big = torch.randn(48, 80)
+    x, x3 = torch.randn(9, 32), torch.randn(4, 5, 32)
+    cases = {
+        "contiguous weight": (x, big[:, :32].contiguous()),
+        "transposed weight": (x, big[:32, :48].contiguous().t()),
+        "a slice of a wider weight": (x, big[:, 10:42]),  # rows 80 apart: oneDNN's slow strides
+        "3-d input": (x3, big[:, :32].contiguous()),
+        "transposed input": (big[:32, :9].t(), big[:, :32].contiguous()),
+    }
+    for name, (inputs, weight) in cases.items():
+        assert torch.allclose(gemm.linear(inputs, weight), F.linear(inputs, weight), atol=1e-5), name
+    a, b = torch.randn(300, 20), torch.randn(300, 7)
+    for left, right in ((a.t(), b), (b.t(), a), (a.t(), torch.randn(7, 300).t())):  # either one copied
+        product = gemm.mm(left, right)
+        assert product.shape == (left.size(0), right.size(1))
+        assert torch.allclose(product, left @ right, atol=1e-4)
+
+
+def test_linear_with_grad_has_f_linears_gradients():
+    torch.manual_seed(0)
+    wide = torch.randn(24, 40, requires_grad=True)
+    bias = torch.randn(24, requires_grad=True)
+    x = torch.randn(3, 6, 16, requires_grad=True)
+    grads = []
+    for fn in (gemm.linear_with_grad, F.linear):
+        out = fn(x, wide[:, 8:24], bias)  # a weight slice, as the decoder's input projection uses
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([t.grad.clone() for t in (x, wide, bias)])
+        for t in (x, wide, bias):
+            t.grad = None
+    for ours, theirs in zip(*grads, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@needs_onednn
+def test_decoding_steps_its_lstm_over_packed_weights_as_the_module_would():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(50, input_feeding=True, decoder_layers=2)).eval()
+    src = torch.randint(4, 50, (5, 7))
+    with torch.inference_mode():
+        enc = model.encode(src, torch.full((5,), 7))
+        prev = torch.randint(4, 50, (5,))
+        packed = model.decode_step(prev, enc.state, enc)
+        assert model._packed_lstm  # the packed path ran
+        with gemm.unpacked():
+            module = model.decode_step(prev, enc.state, enc)
+    assert torch.allclose(packed.log_probs, module.log_probs, atol=1e-5)
+    assert torch.allclose(packed.state.h, module.state.h, atol=1e-5)
+    assert torch.allclose(packed.state.c, module.state.c, atol=1e-5)
+
+
+def _in_fresh_python(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k not in (*gemm.CACHE_VARIABLES, "NMT_GEMM")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**environment, **env}, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def test_nmt_gemm_torch_keeps_products_on_torch():
+    code = "from nmt_cli import gemm; print(gemm.backend(), gemm.pack_available())"
+    assert _in_fresh_python(code, NMT_GEMM="torch") == "torch False"
+
+
+def test_cache_capacity_defaults_to_trainings_and_never_overrides_the_users():
+    code = (
+        "import os; from nmt_cli import gemm; v = 'ONEDNN_PRIMITIVE_CACHE_CAPACITY'; a = os.environ[v];"
+        "gemm.set_cache_capacity(gemm.DECODING_CACHE); print(a, os.environ[v])"
+    )
+    assert _in_fresh_python(code) == f"{gemm.TRAINING_CACHE} {gemm.DECODING_CACHE}"
+    assert _in_fresh_python(code, ONEDNN_PRIMITIVE_CACHE_CAPACITY="7") == "7 7"
