@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 
+from nmt_cli import gemm
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import Example, collate, padding_fraction, token_batches
 from nmt_cli.model import build_model
@@ -25,22 +26,25 @@ class TrainBench(NamedTuple):
     matmul_after: float
     mflop_per_token: float  # forward + backward, analytic
     fraction: float  # steady useful GFLOP/s over the matmul rate
+    onednn_gflops: float  # the same best-of-5 rate through gemm.mm (oneDNN); 0 where it is not there
+    onednn_fraction: float  # steady useful GFLOP/s over that rate (the products run there)
     padding: float  # share of target positions that are padding
     tokens_per_step: float
     peak_rss_mb: float
     threads: int
 
 
-def matmul_rate(size: int = 2048, runs: int = 5, calls: int = 10) -> float:
-    """Attainable fp32 GFLOP/s: best of `runs` timings of `calls` torch.mm (BENCHMARKS-PEERS.md §2)."""
+def matmul_rate(size: int = 2048, runs: int = 5, calls: int = 10, product=torch.mm) -> float:  # noqa: ANN001
+    """Attainable fp32 GFLOP/s: best of `runs` timings of `calls` torch.mm (BENCHMARKS-PEERS.md §2), or of
+    another product of two matrices."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     for _ in range(3):
-        torch.mm(a, b)
+        product(a, b)
     best = 0.0
     for _ in range(runs):
         began = time.perf_counter()
         for _ in range(calls):
-            torch.mm(a, b)
+            product(a, b)
         best = max(best, 2 * size**3 * calls / (time.perf_counter() - began) / 1e9)
     return best
 
@@ -84,6 +88,7 @@ def bench_train(
     batches = token_batches(examples, train_cfg.batch_tokens, train_cfg.seed, epoch=0)
     batches = (batches * (steps // len(batches) + 1))[:steps]
     before = matmul_rate()
+    onednn = matmul_rate(product=gemm.mm) if gemm.backend() == "onednn" else 0.0
     tokens = steady_tokens = 0
     began = time.perf_counter()
     for i, indices in enumerate(batches):
@@ -98,6 +103,7 @@ def bench_train(
     mflop = 3 * 2 * forward_macs_per_token(model_cfg, src_per_tgt) / 1e6
     tok_s = steady_tokens / (end - steady_start)
     rate = (before + after) / 2
+    useful_gflops = tok_s * mflop / 1e3
     return TrainBench(
         steps,
         steps - skip,
@@ -107,7 +113,9 @@ def bench_train(
         before,
         after,
         mflop,
-        tok_s * mflop / 1e3 / rate,
+        useful_gflops / rate,
+        onednn,
+        useful_gflops / onednn if onednn else 0.0,
         padding_fraction(batches, examples),
         tokens / steps,
         peak_rss_mb(),

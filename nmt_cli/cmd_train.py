@@ -278,6 +278,7 @@ def bench_train(
         f"MFLOP/token\t{r.mflop_per_token:.1f}  (forward + backward, analytic)\n"
         f"of the limit\t{100 * r.fraction:.1f} %  "
         f"(limit {r.matmul_gflops * 1e3 / r.mflop_per_token:.0f} tok/s)\n"
+        f"oneDNN GFLOP/s\t{r.onednn_gflops:.1f}  ({100 * r.onednn_fraction:.1f} % of this rate)\n"
         f"padding\t{100 * r.padding:.2f} %  ({r.tokens_per_step:.0f} real target tokens per step)\n"
         f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\n"
     )
