@@ -18,6 +18,9 @@
                                                    layer at 8-256 rows, its weight gradient per loss chunk
     python bench/profiles.py int8-threads            us of the int8 (and fp32) products decoding runs, on one
                                                    thread and on two woken for each (OMP_WAIT_POLICY=PASSIVE)
+    python bench/profiles.py gemm                    torch.mm (MKL) against nmt_cli.gemm (oneDNN) on base-rnn's
+                                                   products; the output layer plain and packed at decoding;
+                                                   a decoder LSTM step as nn.LSTM and packed by hand
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
                                                    our int8 against torch.ao's, both against fp32
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import sys
 import time
@@ -314,6 +318,62 @@ def int8_error(args: argparse.Namespace) -> None:
         print(f"{name}: max relative error {float((approx - exact).abs().max() / exact.abs().max()):.4f}")
 
 
+def gemm_rates(args: argparse.Namespace) -> None:
+    """torch.mm (MKL) against nmt_cli.gemm (oneDNN) on base-rnn's products, and one decoder LSTM step."""
+    from nmt_cli import gemm
+    from nmt_cli.cell import gates_to_state
+
+    print(f"products through {gemm.backend()}; ms, GFLOP/s, speed-up")
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    out_w, grad_z, h = torch.randn(8000, 512), torch.randn(512, 8000), torch.randn(512, 512)
+    step_w = torch.randn(2048, 1280)
+    cases = [
+        ("2048 x 2048 x 2048", a, b),
+        ("output layer forward, 512 x 512 x 8000", h, out_w.t()),
+        ("output layer, gradient for h", grad_z, out_w),
+        ("output layer, weight gradient (transposed)", h.t(), grad_z),
+        (
+            "deferred LSTM weight gradient, 2048 x 2700 x 1024",
+            torch.randn(2700, 2048).t(),
+            torch.randn(2700, 1024),
+        ),
+        *((f"decoder step, {rows} x 1280 x 2048", torch.randn(rows, 1280), step_w.t()) for rows in (64, 180)),
+    ]
+    for name, left, right in cases:
+        flop = 2 * left.size(0) * left.size(1) * right.size(1)
+        mkl = _ms(lambda left=left, right=right: left @ right, 20)
+        onednn = _ms(lambda left=left, right=right: gemm.mm(left, right), 20)
+        print(
+            f"  {name}: {mkl:.3f} / {onednn:.3f} ms, {flop / mkl / 1e6:.0f} / {flop / onednn / 1e6:.0f}, "
+            f"{mkl / onednn:.2f}x"
+        )
+    bias = torch.randn(8000)
+    for rows in (64, 8):
+        x = torch.randn(rows, 512)
+        packed = gemm.pack(out_w)
+        plain = _ms(lambda x=x: gemm.linear(x, out_w, bias), 300)
+        fast = (
+            _ms(lambda x=x, p=packed: gemm.linear_packed(x, p, bias), 300) if packed is not None else math.nan
+        )
+        mkl = _ms(lambda x=x: torch.addmm(bias, x, out_w.t()), 300)
+        print(
+            f"  output layer at decoding, {rows} rows: torch {mkl:.3f}, plain {plain:.3f}, packed {fast:.3f}"
+        )
+    rnn = torch.nn.LSTM(768, 512, batch_first=True).eval()
+    with torch.inference_mode():
+        x, h0, c0 = torch.randn(64, 768), torch.randn(1, 64, 512), torch.randn(1, 64, 512)
+        weight = gemm.pack(torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], 1))
+        bias = rnn.bias_ih_l0 + rnn.bias_hh_l0
+        module = _ms(lambda: rnn(x.unsqueeze(1), (h0, c0)), 300)
+        if weight is not None:
+            by_hand = _ms(
+                lambda: gates_to_state(gemm.linear_packed(torch.cat([x, h0[0]], 1), weight, bias), c0[0]), 300
+            )
+            print(
+                f"  decoder LSTM step, 64 rows: nn.LSTM (oneDNN) {module:.3f}, packed by hand {by_hand:.3f}"
+            )
+
+
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
@@ -327,6 +387,7 @@ def main() -> None:
         "products",
         "int8-threads",
         "save-memory",
+        "gemm",
     ]
     parser.add_argument("what", choices=[*choices, "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
@@ -348,6 +409,7 @@ def main() -> None:
         products=products,
         int8_threads=int8_threads,
         int8_error=int8_error,
+        gemm=gemm_rates,
     )[args.what.replace("-", "_")](args)
 
 
