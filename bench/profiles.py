@@ -18,7 +18,7 @@
                                                    layer at 8-256 rows, its weight gradient per loss chunk
     python bench/profiles.py int8-threads            us of the int8 (and fp32) products decoding runs, on one
                                                    thread and on two woken for each (OMP_WAIT_POLICY=PASSIVE)
-    python bench/profiles.py gemm                    torch.mm (MKL) against nmt_cli.gemm (oneDNN) on base-rnn's
+    python bench/profiles.py gemm                    torch.mm (MKL) against nmt_cli.gemm (oneDNN) on base-rnn
                                                    products; the output layer plain and packed at decoding;
                                                    a decoder LSTM step as nn.LSTM and packed by hand
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:

@@ -3,7 +3,7 @@
 torch.mm on x86 calls MKL, whose sgemm runs its AVX2 code on AMD CPUs, AVX-512 or not. oneDNN, which
 torch also ships (it runs the LSTM layers), takes the widest vector unit it finds. On the 2-core AMD EPYC
 (AVX-512) benchmark machine, 2048² products run at ~200 GFLOP/s through torch.mm and ~400 through oneDNN,
-and base-rnn's products 1.5-2.7x faster (`python bench/profiles.py gemm`). Both are IEEE fp32 with fp32
+and base-rnn's products 1.75-2.5x faster (`python bench/profiles.py gemm`). Both are IEEE fp32 with fp32
 accumulation, no reduced precision; the sums run in another order, so results differ in the last bits.
 
 The oneDNN call (`torch.ops.mkldnn._linear_pointwise`, what torch.compile emits for CPU linears) has no
@@ -152,7 +152,7 @@ def pack(weight: Tensor) -> Tensor | None:
     """weight (N, K) reordered into oneDNN's blocked layout for `linear_packed`; None without oneDNN.
 
     A reordered weight is a second copy. At inference, where weights stay fixed, it saves the reorder
-    that oneDNN otherwise does inside every call: a 64-row output layer takes 1.2 instead of 1.6 ms.
+    that oneDNN otherwise does inside every call: a 64-row output layer takes 1.25 instead of 1.76 ms.
     """
     if _REORDER is None or weight.dtype != torch.float32:
         return None
