@@ -130,6 +130,20 @@ _REORDER = _reorder_op()
 
 
 _packing = True  # off inside unpacked()
+# Bumped by weights_changed(). Packed copies are keyed by it as well as by the weights' version counters:
+# fused Adam updates parameters in place without bumping their version (torch 2.13).
+_generation = 0
+
+
+def weights_changed() -> None:
+    """Call after updating weights in place (an optimizer step): every packed copy is made again."""
+    global _generation
+    _generation += 1
+
+
+def weights_key(weights: list[Tensor]) -> tuple:
+    """What a packed copy of these weights is valid for: their identity, versions and the generation."""
+    return (_generation, *((w.data_ptr(), w._version) for w in weights))
 
 
 def pack_available() -> bool:
@@ -169,12 +183,12 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose products run through `linear`; without autograd,
     through a packed copy of the weight, made again when the weight changes."""
 
-    _packed: tuple[tuple[int, int], Tensor] | None = None
+    _packed: tuple[tuple, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if not pack_available() or torch.is_grad_enabled() or x.dtype != torch.float32:
             return linear_with_grad(x, self.weight, self.bias)
-        key = (self.weight.data_ptr(), self.weight._version)  # an optimizer step bumps the version
+        key = weights_key([self.weight])
         if self._packed is None or self._packed[0] != key:
             self._packed = (key, pack(self.weight))
         return linear_packed(x, self._packed[1], self.bias)

@@ -200,7 +200,7 @@ class Seq2Seq(nn.Module):
         recurrent] product one call on a packed weight. torch's oneDNN LSTM reorders its weights inside
         every call: at 64 rows that made a step 2.1 ms against 0.94 here (bench/profiles.py gemm)."""
         rnn, hs, cs, cache = self.decoder_rnn, [], [], self._packed_lstm
-        key = tuple((p.data_ptr(), p._version) for p in rnn.parameters())
+        key = gemm.weights_key(list(rnn.parameters()))
         if cache.get("key") != key:
             cache["layers"] = [
                 (

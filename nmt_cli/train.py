@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from nmt_cli import __version__
+from nmt_cli import __version__, gemm
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
 from nmt_cli.data import Batch, Example, collate, load_parallel, token_batches
@@ -228,6 +228,7 @@ def train_step(
     if cfg.clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
     optimizer.step()
+    gemm.weights_changed()  # fused Adam leaves the version counters: packed copies must not trust them
     return loss / batch.n_tokens
 
 

@@ -88,3 +88,31 @@ def test_cache_capacity_defaults_to_trainings_and_never_overrides_the_users():
     )
     assert _in_fresh_python(code) == f"{gemm.TRAINING_CACHE} {gemm.DECODING_CACHE}"
     assert _in_fresh_python(code, ONEDNN_PRIMITIVE_CACHE_CAPACITY="7") == "7 7"
+
+
+@needs_onednn
+def test_a_training_update_renews_the_packed_weights_validation_decodes_with():
+    from nmt_cli.config import TrainConfig
+    from nmt_cli.data import Example, collate
+    from nmt_cli.train import build_optimizer, train_step
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(50, input_feeding=True))
+    cfg = TrainConfig(optimizer="adam", lr=0.05)
+    optimizer = build_optimizer(model, cfg)  # fused Adam: it does not bump the weights' version counters
+    batch = collate([Example([5, 6, 7, 8], [9, 10, 11], 1), Example([12, 13], [14, 15, 16, 17], 2)])
+    src, lengths, prev = batch.src, batch.src_lengths, torch.tensor([9, 14])
+
+    def step(packed: bool) -> torch.Tensor:
+        model.eval()
+        with torch.inference_mode():
+            enc = model.encode(src, lengths)
+            if packed:
+                return model.decode_step(prev, enc.state, enc).log_probs
+            with gemm.unpacked():
+                return model.decode_step(prev, enc.state, enc).log_probs
+
+    step(packed=True)  # packs the weights as they are now
+    model.train()
+    train_step(model, optimizer, batch, cfg, cfg.lr)
+    assert torch.allclose(step(packed=True), step(packed=False), atol=1e-5)
