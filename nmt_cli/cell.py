@@ -19,15 +19,21 @@ from torch import Tensor, nn
 from nmt_cli import gemm
 
 
+def _plus(product: Tensor, add: Tensor | None) -> Tensor:
+    """product + add, in place in the fresh product; add None adds nothing."""
+    return product if add is None else product.add_(add)
+
+
 class _DeferredLinear(torch.autograd.Function):
     """add + x @ w.T whose weight gradient is summed over all steps of a sequence in one matmul."""
 
     @staticmethod
-    def forward(ctx: Any, add: Tensor, x: Tensor, weight: Tensor, collector: list, first: bool) -> Tensor:
+    def forward(
+        ctx: Any, add: Tensor | None, x: Tensor, weight: Tensor, collector: list, first: bool
+    ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.collector, ctx.first = collector, first
-        product = gemm.linear(x, weight)
-        return product if add.dim() == 0 else product.add_(add)  # a 0-dim add is linear()'s zero
+        return _plus(gemm.linear(x, weight), add)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -154,9 +160,7 @@ def linear(
 ) -> Tensor:
     """add + x (B, I) @ weight (O, I).T -> (B, O); deferred weight gradient while training."""
     if not torch.is_grad_enabled():
-        return gemm.linear(x, weight) if add is None else gemm.linear(x, weight).add_(add)
-    if add is None:
-        add = x.new_zeros(())
+        return _plus(gemm.linear(x, weight), add)
     return _DeferredLinear.apply(add, x, weight, collectors.get(name), first)
 
 
