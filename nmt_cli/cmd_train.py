@@ -96,7 +96,9 @@ def train(
     warmup_steps: int | None = typer.Option(None),
     label_smoothing: float | None = typer.Option(None),
     clip_norm: float | None = typer.Option(None),
-    batch_tokens: int | None = typer.Option(None, help="Target tokens per batch."),
+    batch_tokens: int | None = typer.Option(
+        None, help="Padded positions per batch on its longer side (source, or target + EOS)."
+    ),
     valid_every: int | None = typer.Option(None, help="Validate and save every N updates."),
     log_every: int | None = typer.Option(None),
     patience: int | None = typer.Option(None, help="Stop after N validations without a better dev BLEU."),
@@ -229,7 +231,9 @@ def bench_train(
     steps: int = typer.Option(60, help="Updates to run."),
     skip: int = typer.Option(10, help="First updates left out of the steady-state figure."),
     input_feeding: bool | None = typer.Option(None, "--input-feeding/--no-input-feeding"),
-    batch_tokens: int | None = typer.Option(None, help="Target tokens per batch."),
+    batch_tokens: int | None = typer.Option(
+        None, help="Padded positions per batch on its longer side (source, or target + EOS)."
+    ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:

@@ -98,7 +98,7 @@ class TrainConfig:
     plateau_patience: int = 2
     clip_norm: float = 5.0
     label_smoothing: float = 0.0
-    batch_tokens: int = 3000  # real target tokens per batch, approximately
+    batch_tokens: int = 3000  # padded positions per batch on its longer side, source or target + EOS
     max_len: int = 100  # training pairs longer than this (subwords, either side) are skipped
     max_steps: int = 0  # 0: no step limit
     epochs: float = 0.0  # 0: no epoch limit
@@ -216,7 +216,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             bridge=False,
             dropout=0.3,
         ),
-        dict(optimizer="adam", lr=1e-3, clip_norm=5.0, batch_tokens=2700, schedule="constant"),
+        dict(optimizer="adam", lr=1e-3, clip_norm=5.0, batch_tokens=3000, schedule="constant"),
     ),
     "cpu-15min": (
         dict(

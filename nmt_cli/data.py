@@ -179,15 +179,18 @@ def collate(examples: Sequence[Example]) -> Batch:
 
 
 def _cut(order: list[int], examples: Sequence[Example], batch_tokens: int) -> list[list[int]]:
-    """Consecutive runs of order whose padded label positions, (longest tgt + 1) * rows, fit the budget."""
+    """Consecutive runs of order whose padded positions fit the budget on both sides: rows times the
+    longest source, and rows times the longest target + 1 (OpenNMT-py's tokens batch type). Counting the
+    target alone let a batch of short targets carry twice the budget in source positions, and the
+    encoder's activations with it."""
     batches: list[list[int]] = []
     current: list[int] = []
     width = 0
     for i in order:
-        new_width = max(width, len(examples[i].tgt) + 1)
+        new_width = max(width, _width(examples[i]))
         if current and new_width * (len(current) + 1) > batch_tokens:
             batches.append(current)
-            current, new_width = [], len(examples[i].tgt) + 1
+            current, new_width = [], _width(examples[i])
         current.append(i)  # a pair over the budget on its own still gets a batch: never dropped
         width = new_width
     if current:
@@ -195,13 +198,28 @@ def _cut(order: list[int], examples: Sequence[Example], batch_tokens: int) -> li
     return batches
 
 
+def _width(example: Example) -> int:
+    """Padded positions a pair needs in a row: its source, or its target + EOS, whichever is longer."""
+    return max(len(example.src), len(example.tgt) + 1)
+
+
+def _length_order(examples: Sequence[Example], tie_break: list[int]) -> list[int]:
+    """Sorted by target length, then source length ascending for odd and descending for even target
+    lengths: neighbouring groups meet at similar source lengths, so a batch that spans two of them is
+    not padded from the shortest source to the longest."""
+    return sorted(
+        tie_break,
+        key=lambda i: (len(examples[i].tgt), len(examples[i].src) * (1 if len(examples[i].tgt) % 2 else -1)),
+    )
+
+
 def token_batches(
     examples: Sequence[Example], batch_tokens: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
 ) -> list[list[int]]:
     """This rank's batches for one epoch, as index lists into examples, in training order.
 
-    Pairs are sorted by (target length, source length) with a seeded random tie-break, cut into
-    batches of about batch_tokens padded target positions, and the batches are shuffled. The result
+    Pairs are sorted by length (_length_order) with a seeded random tie-break, cut into batches of at
+    most batch_tokens padded positions on either side, and the batches are shuffled. The result
     depends only on the arguments, so a run resumes mid-epoch by calling this again and skipping
     the batches it already did. Rank r gets batches r, r + world_size, ...; the list is wrapped
     around so that every rank gets the same count and distributed steps stay in lockstep.
@@ -214,8 +232,7 @@ def token_batches(
         return []
     gen = torch.Generator().manual_seed(seed + epoch)  # its own generator: dropout must not shift the data
     tie_break = torch.randperm(len(examples), generator=gen).tolist()
-    order = sorted(tie_break, key=lambda i: (len(examples[i].tgt), len(examples[i].src)))  # stable
-    batches = _cut(order, examples, batch_tokens)
+    batches = _cut(_length_order(examples, tie_break), examples, batch_tokens)
     batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
     padded_count = -(-len(batches) // world_size) * world_size
     wrapped = [batches[i % len(batches)] for i in range(padded_count)]  # repeats at most world_size - 1

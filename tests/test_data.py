@@ -181,6 +181,22 @@ def test_every_index_once_and_within_budget() -> None:
     assert sorted(i for b in batches for i in b) == list(range(500))
     for b in batches:
         assert (max(len(examples[i].tgt) for i in b) + 1) * len(b) <= 200
+        assert max(len(examples[i].src) for i in b) * len(b) <= 200
+
+
+def test_the_longer_side_counts_against_the_budget() -> None:
+    # sources of 9 pieces, targets of 1 (2 label positions): 11 rows take 99 of 100 source positions
+    batches = token_batches(synthetic([1] * 30, [9] * 30), batch_tokens=100, seed=1, epoch=0)
+    assert sorted(len(b) for b in batches) == [8, 11, 11]
+
+
+def test_long_sources_of_neighbouring_target_lengths_share_a_batch() -> None:
+    # target length 1: sources 1, 1, 6 (ascending); target length 2: sources 6, 1, 1 (descending), so
+    # the two 6-piece sources meet in the middle; sorted the same way in both groups, each would be
+    # batched with a 1-piece source and padded to 6
+    examples = synthetic([1, 1, 1, 2, 2, 2], [1, 1, 6, 6, 1, 1])
+    batches = token_batches(examples, batch_tokens=12, seed=1, epoch=0)
+    assert sorted(sorted(b) for b in batches) == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_a_pair_over_the_budget_gets_a_batch_of_its_own() -> None:
