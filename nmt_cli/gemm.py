@@ -192,3 +192,7 @@ class Linear(nn.Linear):
         if self._packed is None or self._packed[0] != key:
             self._packed = (key, pack(self.weight))
         return linear_packed(x, self._packed[1], self.bias)
+
+    def drop_packed(self) -> None:
+        """Forget the packed copy; the next forward without autograd makes it again."""
+        self._packed = None

@@ -26,12 +26,19 @@ class Validation(NamedTuple):
     signature: str  # sacrebleu's BLEU signature
 
 
-def token_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Summed cross-entropy over real target tokens; the output layer runs only where tgt is not PAD."""
+def token_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0, chunk: int = 256) -> torch.Tensor:
+    """Summed cross-entropy over real target tokens; the output layer runs only where tgt is not PAD,
+    `chunk` tokens at a time: the logits and their log-softmax of a 64-sentence batch, whole, are 60 MB."""
     hidden = model.teacher_force(batch.src, batch.src_lengths, batch.tgt_in).hidden  # (B, T, H)
     real = batch.tgt_out != PAD
-    logits = model.generator(hidden[real])  # (N, V), N real tokens
-    return F.cross_entropy(logits, batch.tgt_out[real], label_smoothing=label_smoothing, reduction="sum")
+    states, targets = hidden[real], batch.tgt_out[real]  # (N, H), (N,)
+    total = states.new_zeros(())
+    for start in range(0, states.size(0), chunk):
+        logits = model.generator(states[start : start + chunk])  # (chunk, V)
+        total = total + F.cross_entropy(
+            logits, targets[start : start + chunk], label_smoothing=label_smoothing, reduction="sum"
+        )
+    return total
 
 
 def backward_in_chunks(model: Seq2Seq, batch: Batch, label_smoothing: float, chunk: int = 512) -> float:
@@ -124,5 +131,7 @@ def validate(model: Seq2Seq, dev: list[Example], subword: Subword, refs: list[st
         result = corpus_scores(texts, [refs], metrics=("bleu",))[0]
         bleu, signature = result.score, result.signature
     model.train(was_training)
+    if was_training:
+        model.drop_packed_weights()  # the next update makes them stale; until then they hold 25 MB
     loss = total / max(tokens, 1)
     return Validation(loss, math.exp(min(loss, 50.0)), bleu, signature)

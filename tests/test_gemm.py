@@ -116,3 +116,24 @@ def test_a_training_update_renews_the_packed_weights_validation_decodes_with():
     model.train()
     train_step(model, optimizer, batch, cfg, cfg.lr)
     assert torch.allclose(step(packed=True), step(packed=False), atol=1e-5)
+
+
+@needs_onednn
+def test_validation_during_training_leaves_no_packed_copies_behind(corpus, subword):
+    # packed copies go stale at the next update; kept, they would sit in memory through training
+    from nmt_cli.data import load_parallel
+    from nmt_cli.loss import validate
+
+    model = build_model(tiny_model_config(subword.vocab_size, input_feeding=True)).train()
+    dev, _ = load_parallel(corpus.dev_src, corpus.dev_tgt, subword, 100)
+
+    def packed_copies() -> int:
+        linears = [m for m in model.modules() if isinstance(m, gemm.Linear) and m._packed is not None]
+        return len(linears) + len(model._packed_lstm)
+
+    model.eval()
+    validate(model, dev[:4], subword, None)
+    assert packed_copies() > 0  # outside training they stay for the next decode
+    model.train()
+    validate(model, dev[:4], subword, None)
+    assert packed_copies() == 0 and model.training

@@ -141,3 +141,22 @@ def test_lstm_pointwise_part_is_nn_lstms_with_and_without_autograd():
     assert torch.allclose(inference[0], h_ref[0], atol=1e-6)
     assert torch.allclose(inference[1], c_ref[0], atol=1e-6)
     assert all(torch.equal(a, b.detach()) for a, b in zip(inference, training, strict=True))  # the same bits
+
+
+@pytest.mark.parametrize("length", [1, 6])
+def test_lstm_stepped_by_hand_has_nn_lstms_outputs_and_gradients(length):
+    # the encoder trains through lstm_sequence and decodes through the module: both must be one function
+    from nmt_cli.cell import lstm_sequence
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 4, batch_first=True)
+    x = torch.randn(3, length, 5, requires_grad=True)
+    weights = torch.randn(3, length, 4)  # a loss that weighs every output differently
+    results = []
+    for run in (lambda: lstm(x)[0], lambda: lstm_sequence(lstm, x)):
+        out = run()
+        results.append((out, torch.autograd.grad((out * weights).sum(), [x, *lstm.parameters()])))
+    (module_out, module_grads), (stepped_out, stepped_grads) = results
+    assert torch.allclose(stepped_out, module_out, atol=1e-6)
+    for a, b in zip(stepped_grads, module_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
