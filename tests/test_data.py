@@ -82,6 +82,21 @@ def test_load_parallel_with_a_larger_max_len_keeps_long_pairs(sw: Subword, tmp_p
     assert (report.skipped_empty, report.skipped_long) == (3, 0)
 
 
+def test_examples_share_one_int_object_per_id(tmp_path: Path) -> None:
+    # a corpus holds about a million ids: shared, each costs a list slot instead of a 28-byte int too
+    class BigIds:  # a stand-in subword model whose ids lie past CPython's cached small ints
+        vocab_size = 1000
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            return [[int(str(500 + len(word))) for word in text.split()] for text in texts]
+
+    src, tgt = write(tmp_path / "c.de", ["a bb a", "bb"]), write(tmp_path / "c.en", ["ccc", "ccc a"])
+    examples, _ = load_parallel(src, tgt, BigIds(), max_len=10)  # type: ignore[arg-type]
+    assert [e.src for e in examples] == [[501, 502, 501], [502]]
+    assert examples[0].src[0] is examples[0].src[2] and examples[0].src[1] is examples[1].src[0]
+    assert examples[0].tgt[0] is examples[1].tgt[0]
+
+
 def test_count_mismatch_names_both_files(sw: Subword, tmp_path: Path) -> None:
     src, tgt = write(tmp_path / "c.de", SRC), write(tmp_path / "c.en", TGT[:4])
     with pytest.raises(InputError) as info:
