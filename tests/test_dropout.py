@@ -38,3 +38,13 @@ def test_seeded_masks_repeat():
 def test_out_of_range_p_is_refused(p):
     with pytest.raises(ValueError, match="dropout"):
         Dropout(p)
+
+
+def test_the_mask_kept_for_backward_is_one_byte_per_element():
+    # a float mask would be four; the values are those of x * float_mask all the same
+    torch.manual_seed(0)
+    x = torch.randn(20, 30, requires_grad=True)
+    y = Dropout(0.4).train()(x)
+    saved = list(y.grad_fn.saved_tensors)
+    assert [(t.dtype, t.shape) for t in saved] == [(torch.bool, x.shape)]
+    assert torch.equal(y, x * (saved[0].float() * (1 / 0.6)))  # bit for bit the float-mask product
