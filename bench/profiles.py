@@ -21,6 +21,8 @@
     python bench/profiles.py gemm                    torch.mm (MKL) against nmt_cli.gemm (oneDNN) on base-rnn
                                                    products; the output layer plain and packed at decoding;
                                                    a decoder LSTM step as nn.LSTM and packed by hand
+    python bench/profiles.py encoder-lstm            one encoder direction forward + backward: fused nn.LSTM
+                                                   against cell.lstm_sequence, ms and MB kept for backward
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
                                                    our int8 against torch.ao's, both against fp32
 
@@ -374,6 +376,41 @@ def gemm_rates(args: argparse.Namespace) -> None:
             )
 
 
+def _malloc_live_mb() -> float:
+    """Bytes glibc's malloc has handed out and not had back (mallinfo2), in MB."""
+
+    class MallInfo2(ctypes.Structure):
+        counts = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
+        _fields_ = [(name, ctypes.c_size_t) for name in (*counts, "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+def encoder_lstm(args: argparse.Namespace) -> None:
+    """One encoder direction of base-rnn (256 -> 256) over a batch, forward and backward: the fused
+    nn.LSTM against cell.lstm_sequence, ms per pass and MB its forward keeps for backward."""
+    from nmt_cli.cell import lstm_sequence
+
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(256, 256, batch_first=True)
+    for rows, length in ((225, 13), (100, 30)):
+        x = torch.randn(rows, length, 256, requires_grad=True)
+        runs = (("nn.LSTM", lambda x=x: rnn(x)[0]), ("lstm_sequence", lambda x=x: lstm_sequence(rnn, x)))
+        for name, run in runs:
+            for _ in range(2):
+                run().sum().backward()
+            before = _malloc_live_mb()
+            out = run()
+            kept = _malloc_live_mb() - before
+            out.sum().backward()
+            del out
+            ms = _ms(lambda: run().sum().backward(), 10)  # noqa: B023 - run is called at once
+            print(f"{rows} x {length}: {name:14s} {ms:6.1f} ms forward + backward, keeps {kept:5.1f} MB")
+
+
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
@@ -388,6 +425,7 @@ def main() -> None:
         "int8-threads",
         "save-memory",
         "gemm",
+        "encoder-lstm",
     ]
     parser.add_argument("what", choices=[*choices, "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
@@ -410,6 +448,7 @@ def main() -> None:
         int8_threads=int8_threads,
         int8_error=int8_error,
         gemm=gemm_rates,
+        encoder_lstm=encoder_lstm,
     )[args.what.replace("-", "_")](args)
 
 

@@ -100,7 +100,8 @@ class _GatesToState(torch.autograd.Function):
     """LSTM pointwise part, gates (B, 4H) and c (B, H) -> h, c', as one autograd node.
 
     Autograd would record nine nodes per step and keep their inputs; this keeps the four activated
-    gates and tanh(c') and writes the gate gradient in one buffer.
+    gates and c' (the next step keeps it too, so it costs nothing there), recomputes tanh(c') in
+    backward, and writes the gate gradient in one buffer.
     """
 
     @staticmethod
@@ -110,13 +111,13 @@ class _GatesToState(torch.autograd.Function):
         act[:, 2 * H : 3 * H].copy_(torch.tanh(gates[:, 2 * H : 3 * H]))
         i, f, g, o = act.chunk(4, dim=1)
         c_new = torch.addcmul(f * c, i, g)
-        tanh_c = torch.tanh(c_new)
-        ctx.save_for_backward(act, c, tanh_c)
-        return o * tanh_c, c_new
+        ctx.save_for_backward(act, c, c_new)
+        return o * torch.tanh(c_new), c_new
 
     @staticmethod
     def backward(ctx: Any, grad_h: Tensor, grad_c: Tensor) -> tuple[Tensor, Tensor]:
-        act, c, tanh_c = ctx.saved_tensors
+        act, c, c_new = ctx.saved_tensors
+        tanh_c = torch.tanh(c_new)
         i, f, g, o = act.chunk(4, dim=1)
         grad_c = torch.addcmul(grad_c, grad_h * o, 1 - tanh_c * tanh_c)
         d_act = torch.cat([grad_c * g, grad_c * c, grad_c * i, grad_h * tanh_c], dim=1)
@@ -193,9 +194,9 @@ def lstm_step(
 def lstm_sequence(rnn: nn.LSTM, x: Tensor) -> Tensor:
     """A one-layer, one-direction nn.LSTM over x (B, S, I) from a zero state, stepped by hand -> (B, S, H).
 
-    For training, where the encoder runs it: per position it keeps the four activated gates and two
-    cell-state vectors (6H floats), where oneDNN's fused LSTM keeps a workspace of about 18H; at base-rnn's
-    3,000-position batches that is 20 against 52 MB per direction (bench/profiles.py encoder-lstm).
+    For training, where the encoder runs it: per position it keeps the four activated gates, the cell
+    state and the output (6H floats), where oneDNN's fused LSTM keeps a workspace of about 18H: at 225 x 13
+    positions, 20 against 53 MB per direction (python bench/profiles.py encoder-lstm).
     """
     assert rnn.num_layers == 1 and not rnn.bidirectional, "one layer, one direction"
     steps = input_projection(rnn, x).unbind(1)
