@@ -160,3 +160,22 @@ def test_lstm_stepped_by_hand_has_nn_lstms_outputs_and_gradients(length):
     assert torch.allclose(stepped_out, module_out, atol=1e-6)
     for a, b in zip(stepped_grads, module_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "grad", "stepped"), [(256, True, True), (64, True, False), (256, False, False)]
+)
+def test_the_encoder_steps_its_lstm_by_hand_only_where_it_trains_a_wide_one(
+    monkeypatch, hidden, grad, stepped
+):
+    # by hand it keeps a third of the fused kernel's memory; below 256 units it costs more time than it saves
+    import nmt_cli.model as model_module
+
+    calls = []
+    real = model_module.lstm_sequence
+    monkeypatch.setattr(model_module, "lstm_sequence", lambda rnn, x: calls.append(rnn) or real(rnn, x))
+    model = build_model(tiny_config(encoder_hidden=hidden, encoder_layers=1)).train()
+    src, lengths, _ = toy_batch()
+    with torch.set_grad_enabled(grad):
+        model.encode(src, lengths)
+    assert len(calls) == (2 if stepped else 0)  # both directions, or neither
