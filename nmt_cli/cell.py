@@ -1,4 +1,5 @@
-"""The decoder's LSTM cell, stepped by hand over nn.LSTM's own weights, with weight gradients deferred.
+"""LSTM cells stepped by hand over nn.LSTM's own weights, with weight gradients deferred: the decoder's,
+and in training the encoder's (lstm_sequence, for memory).
 
 Stepping nn.LSTM one position at a time is slow on CPU: every step's backward is a separate library call
 that also builds and accumulates full weight gradients. Here the embedding part of the input projection

@@ -98,8 +98,8 @@ class Encoder(nn.Module):
 
     Each direction of each layer runs over the whole padded batch; the backward direction reads each
     sentence reversed within its length, so padding never enters a real state. Without autograd that is
-    one call of the fused kernel (packed sequences do not get it on CPU); in training an LSTM is stepped
-    by hand over the same weights, for memory (tested equal).
+    one call of the fused kernel (packed sequences do not get it on CPU); in training an LSTM of
+    STEPPED_MIN_HIDDEN units or more is stepped by hand over the same weights, for memory (tested equal).
     """
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
