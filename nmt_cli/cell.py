@@ -204,6 +204,8 @@ def lstm_sequence(rnn: nn.LSTM, x: Tensor) -> Tensor:
     h = c = x.new_zeros(x.size(0), rnn.hidden_size)
     collectors, outputs = Collectors(), []
     for t, gates_in in enumerate(steps):
+        # step 0 multiplies the zero state too: the recurrent weight then gets a (zero) gradient even for
+        # one-piece sources, as from nn.LSTM, and Adam treats it the same
         h, c = gates_to_state(linear(h, rnn.weight_hh_l0, "hh", collectors, t == 0, add=gates_in), c)
         outputs.append(h)
     return torch.stack(outputs, 1)

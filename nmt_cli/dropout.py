@@ -43,10 +43,7 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.rand_like(x) >= self.p
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
-        return x.mul(keep).mul_(1.0 / (1.0 - self.p))
+        return _MaskedScale.apply(x, torch.rand_like(x) >= self.p, 1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
