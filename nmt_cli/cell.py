@@ -3,15 +3,16 @@ and in training the encoder's (lstm_sequence, for memory).
 
 Stepping nn.LSTM one position at a time is slow on CPU: every step's backward is a separate library call
 that also builds and accumulates full weight gradients. Here the embedding part of the input projection
-is done for all steps in one matmul before the loop, and each recurrent matmul's weight gradient is
-collected over the steps and computed once, as a single large matmul, when the backward pass reaches
-step 0. The arithmetic is exactly that of nn.LSTM (gate order i, f, g, o), so both paths share weights.
-Attention's per-step products with the encoder keys and memory (`matvec`) defer their gradient the same
-way, as one batched matmul over all steps.
+is done for several steps in one matmul, and each recurrent matmul's weight gradient is collected over
+the steps and computed in a few large matmuls as the backward pass goes. The arithmetic
+is exactly that of nn.LSTM (gate order i, f, g, o), so both paths share weights.
+Attention's per-step products with the encoder keys and memory (`matvec`) defer their gradient the
+same way, as one batched matmul over all steps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -25,8 +26,19 @@ def _plus(product: Tensor, add: Tensor | None) -> Tensor:
     return product if add is None else product.add_(add)
 
 
+# Collected (gradient, input) pairs are turned into a weight gradient once they hold this many rows: a
+# product as efficient as one over all steps, without keeping every step's gradient (base-rnn's decoder
+# gates: 25 MB at 3,000 positions) and a concatenated copy of all of them at step 0.
+FLUSH_ROWS = 2048
+PROJECTION_STEPS = 8  # positions per input-projection product (projected_steps)
+
+
 class _DeferredLinear(torch.autograd.Function):
-    """add + x @ w.T whose weight gradient is summed over all steps of a sequence in one matmul."""
+    """add + x @ w.T whose weight gradient is summed over the steps of a sequence in a few large matmuls.
+
+    The backward pass collects each step's pair and returns their weight gradient every FLUSH_ROWS rows
+    and at step 0; autograd adds the partial sums up, as it does for any weight used at several steps.
+    """
 
     @staticmethod
     def forward(
@@ -39,12 +51,14 @@ class _DeferredLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        ctx.collector.append((grad, x))
+        pairs = ctx.collector
+        pairs.append((grad, x))
         grad_weight = None
-        if ctx.first:  # step 0 is reached last: every later step has added its pair by now
-            grads, inputs = zip(*ctx.collector, strict=True)
+        # step 0 is reached last: every later step has added its pair by now
+        if ctx.first or len(pairs) * grad.size(0) >= FLUSH_ROWS:
+            grads, inputs = zip(*pairs, strict=True)
             grad_weight = gemm.mm(torch.cat(grads).t(), torch.cat(inputs))
-            ctx.collector.clear()
+            pairs.clear()
         grad_add = grad if ctx.needs_input_grad[0] else None
         grad_x = gemm.mm(grad, weight) if ctx.needs_input_grad[1] else None
         return grad_add, grad_x, grad_weight, None, None
@@ -177,6 +191,20 @@ def input_projection(rnn: nn.LSTM, emb: Tensor) -> Tensor:
     return gemm.linear_with_grad(emb, rnn.weight_ih_l0[:, :e], rnn.bias_ih_l0 + rnn.bias_hh_l0)
 
 
+def projected_steps(rnn: nn.LSTM, x: Tensor) -> Iterator[Tensor]:
+    """input_projection of x (B, S, E), one (B, 4H) tensor per position, made PROJECTION_STEPS positions
+    per product as the caller's loop reaches them.
+
+    Made inside the loop, each chunk's autograd node comes after the steps before it, so backward runs it
+    as soon as its own steps are done: it holds one chunk's step gradients at a time, where one product
+    for the whole sequence holds all of them (base-rnn's decoder: 25 MB) and then a stacked copy.
+    """
+    for chunk in x.split(PROJECTION_STEPS, dim=1):
+        # unbind, not chunk[:, t]: backward stacks the step gradients once instead of filling a zero
+        # (B, PROJECTION_STEPS, 4H) tensor for every step
+        yield from input_projection(rnn, chunk).unbind(1)
+
+
 def lstm_step(
     gates_in: Tensor,
     x: Tensor,
@@ -200,7 +228,7 @@ def lstm_sequence(rnn: nn.LSTM, x: Tensor) -> Tensor:
     positions, 20 against 53 MB per direction (python bench/profiles.py encoder-lstm).
     """
     assert rnn.num_layers == 1 and not rnn.bidirectional, "one layer, one direction"
-    steps = input_projection(rnn, x).unbind(1)
+    steps = projected_steps(rnn, x)
     h = c = x.new_zeros(x.size(0), rnn.hidden_size)
     collectors, outputs = Collectors(), []
     for t, gates_in in enumerate(steps):

@@ -20,11 +20,11 @@ from nmt_cli.cell import (
     Collectors,
     LayerWeights,
     gates_to_state,
-    input_projection,
     linear,
     lstm_sequence,
     lstm_step,
     matvec,
+    projected_steps,
 )
 from nmt_cli.config import ModelConfig
 from nmt_cli.dropout import Dropout
@@ -263,9 +263,7 @@ class Seq2Seq(nn.Module):
         emb = self.dropout(self.tgt_embedding(tgt_in))
         if not self.cfg.input_feeding:
             return self._all_steps(emb, enc)
-        # (B, T, 4H) in one matmul; unbind, not gates[:, t], so backward stacks the step gradients once
-        # instead of filling a zero (B, T, 4H) tensor for every step
-        steps = input_projection(self.decoder_rnn, emb).unbind(1)
+        steps = projected_steps(self.decoder_rnn, emb)
         weights, collectors = self._decoder_weights(), Collectors()
         # per-layer lists, not (L, B, H) tensors: no stack per step, no zero-filled select gradients
         hs, cs, feed = list(enc.state.h.unbind(0)), list(enc.state.c.unbind(0)), enc.state.feed

@@ -104,9 +104,20 @@ def plain_loss(model, src, lengths, tgt_in, tgt_out):
     return torch.nn.functional.nll_loss(log_probs.transpose(1, 2), tgt_out, reduction="sum")
 
 
+@pytest.fixture(params=["whole", "in pieces"])
+def deferred_pieces(request, monkeypatch):
+    """At toy size every sequence fits in one input-projection product and one weight-gradient flush;
+    "in pieces" makes both a few rows long, so that the pieces' sums are tested too."""
+    if request.param == "in pieces":
+        import nmt_cli.cell as cell
+
+        monkeypatch.setattr(cell, "PROJECTION_STEPS", 4)
+        monkeypatch.setattr(cell, "FLUSH_ROWS", 4)
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_fast_training_forward_has_the_plain_gradients(attention, input_feeding):
+def test_fast_training_forward_has_the_plain_gradients(attention, input_feeding, deferred_pieces):
     # teacher_force precomputes input projections, defers weight gradients (input feeding) or runs the
     # decoder in one call (no input feeding); loss and every gradient must equal the plain step loop's
     model = build_model(tiny_config(attention=attention, input_feeding=input_feeding)).train()
@@ -144,7 +155,7 @@ def test_lstm_pointwise_part_is_nn_lstms_with_and_without_autograd():
 
 
 @pytest.mark.parametrize("length", [1, 6])
-def test_lstm_stepped_by_hand_has_nn_lstms_outputs_and_gradients(length):
+def test_lstm_stepped_by_hand_has_nn_lstms_outputs_and_gradients(length, deferred_pieces):
     # the encoder trains through lstm_sequence and decodes through the module: both must be one function
     from nmt_cli.cell import lstm_sequence
 
