@@ -25,14 +25,16 @@ from torch import Tensor, nn
 _LinearOp = Callable[..., Tensor]
 PACKED_ROWS = 64  # the row count a packed weight is tuned for: translate's default batch
 
-# oneDNN compiles a kernel for each product shape it meets and keeps up to 1,024 in each of two caches.
-# Training meets new shapes with every batch (rows are sentences): the kept kernels, scattered through the
-# heap, took base-rnn from a 1,035 MB peak over 40 updates (32 kept) to 1,566 over 80 (256 kept).
+# oneDNN compiles a kernel for each product shape it meets and keeps up to 1,024 in each of two caches;
+# a kept kernel keeps its scratch buffer too (a packed copy of an operand: megabytes for base-rnn's).
+# Training meets new shapes with every batch (rows are sentences): a base-rnn batch runs about 33, of which
+# 9-15 again and again in its step loops. Its peak over 40 updates was 956 MB with 32 kept, 891 with 16
+# and 869 with 8, at 1.00x and 0.95x the tokens/s of 32 (5 rounds each); 256 took it to 1,566 over 80.
 # Decoding meets a shape for every row count of every product, and re-compiling them cost it 1.4x
 # (391 against 548 sentences/s greedy with 32 and 256 kept). oneDNN reads the setting once, at its first
 # use in the process: set_cache_capacity must come before that, and a user's own setting wins.
 CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
-TRAINING_CACHE, DECODING_CACHE = 32, 256
+TRAINING_CACHE, DECODING_CACHE = 16, 256
 _USER_CACHES = {name for name in CACHE_VARIABLES if name in os.environ}
 
 
