@@ -4,10 +4,10 @@ and in training the encoder's (lstm_sequence, for memory).
 Stepping nn.LSTM one position at a time is slow on CPU: every step's backward is a separate library call
 that also builds and accumulates full weight gradients. Here the embedding part of the input projection
 is done for several steps in one matmul, and each recurrent matmul's weight gradient is collected over
-the steps and computed in a few large matmuls as the backward pass goes. The arithmetic
-is exactly that of nn.LSTM (gate order i, f, g, o), so both paths share weights.
-Attention's per-step products with the encoder keys and memory (`matvec`) defer their gradient the
-same way, as one batched matmul over all steps.
+the steps and computed in a few large matmuls as the backward pass goes. The arithmetic is exactly that
+of nn.LSTM (gate order i, f, g, o), so both paths share weights. Attention's per-step products with the
+encoder keys and memory (`matvec`) defer their gradient the same way, as one batched matmul over all
+steps.
 """
 
 from __future__ import annotations
