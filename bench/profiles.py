@@ -2,7 +2,8 @@
 
     python bench/profiles.py train [--updates 8]    torch.profiler over base-rnn updates, and GFLOP/s per
                                                    matmul shape
-    python bench/profiles.py decode MODEL [--beam 1] torch.profiler over translating test_2016_flickr
+    python bench/profiles.py decode MODEL [--beam 1] [--int8] [--shortlist K]
+                                                   torch.profiler over translating test_2016_flickr
     python bench/profiles.py decode-memory MODEL     load time; RSS after imports, loading, the first
                                                    batch, all lines
     python bench/profiles.py train-memory [--trim]   RSS per update (--trim: malloc_trim after each)
@@ -114,15 +115,17 @@ def profile_decode(args: argparse.Namespace) -> None:
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
     from nmt_cli.decode import decode_ids
+    from nmt_cli.translate import for_decoding, shortlist_setting
 
-    loaded = load_model(args.model)
-    ids, cfg = test_ids(loaded.subword), DecodeConfig(beam_size=args.beam)
-    decode_ids(loaded.model, ids[:128], cfg, batch_size=64)
+    loaded = for_decoding(load_model(args.model), args.int8)
+    ids, cfg = test_ids(loaded.subword), DecodeConfig(beam_size=args.beam, shortlist=args.shortlist)
+    run = partial(decode_ids, loaded.model, cfg=cfg, batch_size=64, shortlist=shortlist_setting(loaded, cfg))
+    run(ids[:128])
     began = time.perf_counter()
-    decode_ids(loaded.model, ids, cfg, batch_size=64)
+    run(ids)
     print(f"{len(ids) / (time.perf_counter() - began):.1f} sentences/s without the profiler", file=sys.stderr)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        decode_ids(loaded.model, ids, cfg, batch_size=64)
+        run(ids)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
@@ -432,6 +435,7 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--shortlist", type=int, default=0, help="decode: shortlist entries per piece")
     parser.add_argument("--trim", action="store_true")
     args = parser.parse_args()
     if (args.what.startswith("decode") or args.what == "int8-error") and not args.model:
