@@ -47,6 +47,14 @@ class DecoderState(NamedTuple):
         """Rows of the state in a new order: index (B',) into the current rows."""
         return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index), self.feed[index])
 
+    def repeat_interleave(self, k: int) -> DecoderState:
+        """Each row k times in a row (rows b*k .. b*k+k-1 start sentence b's beam)."""
+        return DecoderState(
+            self.h.repeat_interleave(k, dim=1),
+            self.c.repeat_interleave(k, dim=1),
+            self.feed.repeat_interleave(k, 0),
+        )
+
 
 class EncoderOutput(NamedTuple):
     memory: Tensor  # (B, S, M) encoder outputs, the attention values
@@ -59,25 +67,11 @@ class EncoderOutput(NamedTuple):
         s = self.state
         return EncoderOutput(self.memory[index], self.keys[index], self.mask[index], s.select(index))
 
-    def repeat_interleave(self, k: int) -> EncoderOutput:
-        """Each row k times in a row (rows b*k .. b*k+k-1 belong to sentence b), for beam search."""
-
-        def rep(x: Tensor, dim: int = 0) -> Tensor:
-            return x.repeat_interleave(k, dim=dim)
-
-        s = self.state
-        return EncoderOutput(
-            rep(self.memory),
-            rep(self.keys),
-            rep(self.mask),
-            DecoderState(rep(s.h, 1), rep(s.c, 1), rep(s.feed)),
-        )
-
 
 class StepOutput(NamedTuple):
-    log_probs: Tensor  # (B, V)
+    log_probs: Tensor  # (N, V)
     state: DecoderState
-    attention: Tensor  # (B, S)
+    attention: Tensor  # (N, S)
 
 
 class TeacherForced(NamedTuple):
@@ -200,8 +194,10 @@ class Seq2Seq(nn.Module):
         return EncoderOutput(memory, self.attention.project_keys(memory), mask, self._initial_state(top))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
-        """prev_tokens (B,) -> log-probabilities of the next token (B, V), new state, attention (B, S).
+        """prev_tokens (N,) -> log-probabilities of the next token (N, V), new state, attention (N, S).
 
+        enc has B rows and N = B * k: the k consecutive rows of a beam share their sentence's encoder row
+        (k = 1 for greedy search and training), so a beam is never copied k times.
         Without autograd, an nn.LSTM decoder is stepped by hand over packed copies of its weights
         (_packed_lstm_step); otherwise, and once --int8 has replaced it, the LSTM runs as a module. Training
         steps the same weights by hand (see _step), and tests keep all three equal.
@@ -335,10 +331,17 @@ class Seq2Seq(nn.Module):
     def _attend(
         self, query: Tensor, enc: EncoderOutput, collectors: Collectors | None = None, first: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """query (B, H) -> attentional vector tanh(W_c [c_t; h_t]) (B, H) (Luong eq. 5), attention (B, S)."""
-        keys_matvec = partial(matvec, name="keys", collectors=collectors, first=first)
-        attn = masked_softmax(self.attention.score(query, enc.keys, keys_matvec), enc.mask)
-        context = matvec(enc.memory, attn, "memory", collectors, first, transposed=True)
+        """query (N, H) -> attentional vector tanh(W_c [c_t; h_t]) (N, H) (Luong eq. 5), attention (N, S);
+        N = B * k, k consecutive queries over each of enc's B rows (see decode_step)."""
+        B = enc.mask.size(0)
+        if query.size(0) == B:
+            keys_matvec = partial(matvec, name="keys", collectors=collectors, first=first)
+            attn = masked_softmax(self.attention.score(query, enc.keys, keys_matvec), enc.mask)
+            context = matvec(enc.memory, attn, "memory", collectors, first, transposed=True)
+        else:  # a beam's k queries against their sentence's keys in one (k, H) x (H, S) product
+            attn = masked_softmax(self.attention.score(query.view(B, -1, query.size(1)), enc.keys), enc.mask)
+            context = torch.bmm(attn, enc.memory).flatten(0, 1)
+            attn = attn.flatten(0, 1)
         joined = torch.cat([context, query], dim=1)
         combined = (  # decoding calls the module, which --int8 may have replaced by an int8 layer
             self.combine(joined)

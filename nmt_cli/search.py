@@ -389,8 +389,8 @@ def beam_search(
     sents = _Sentences.start(src_lengths, cfg, enc.mask.device, shortlist)
     finished = _Finished(len(sents.ids), k, cfg)
     results: list[list[Hypothesis]] = [[] for _ in range(len(sents.ids))]
-    enc = enc.repeat_interleave(k)  # once: the k rows of a sentence share it, select only reorders state
-    beam, state = _Beam.start(len(sents.ids), k, enc), enc.state
+    # enc keeps one row per sentence, which its k beam rows share (decode_step); only the state has k
+    beam, state = _Beam.start(len(sents.ids), k, enc), enc.state.repeat_interleave(k)
     prev = torch.full_like(beam.finished, BOS, dtype=torch.long)
     lists = (
         None if sents.lists is None else sents.lists.select(torch.arange(len(sents.ids)).repeat_interleave(k))
@@ -411,7 +411,7 @@ def beam_search(
         if done.any():  # finished sentences leave the batch: nothing is computed for them any more
             live = (~done).nonzero().flatten()
             rows = (live.unsqueeze(1) * k + torch.arange(k, device=live.device)).flatten()
-            beam, state, enc, prev = beam.select(rows), state.select(rows), enc.select(rows), prev[rows]
+            beam, state, enc, prev = beam.select(rows), state.select(rows), enc.select(live), prev[rows]
             sents = sents.select(live)
             lists = None if lists is None else lists.select(rows)
     return results

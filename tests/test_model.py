@@ -92,8 +92,9 @@ def test_encoder_output_select_and_repeat():
     model = build_model(tiny_config()).eval()
     src, lengths, _ = toy_batch()
     enc: EncoderOutput = model.encode(src, lengths)
-    rep = enc.repeat_interleave(2)
-    assert rep.memory.shape[0] == 6 and torch.equal(rep.memory[2], enc.memory[1])
+    rep = enc.state.repeat_interleave(2)
+    assert rep.h.shape[1] == 6 and torch.equal(rep.h[:, 2], enc.state.h[:, 1])
+    assert torch.equal(rep.c[:, 3], enc.state.c[:, 1]) and torch.equal(rep.feed[5], enc.state.feed[2])
     picked = enc.select(torch.tensor([2, 0]))
     assert torch.equal(picked.keys[0], enc.keys[2]) and torch.equal(picked.state.h[:, 1], enc.state.h[:, 0])
 

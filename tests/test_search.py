@@ -54,6 +54,7 @@ class ScriptedDecoder:
             for next_token, p in self.script.get(tuple(prefix), {EOS: 1.0}).items():
                 probs[row, next_token] = p
         attention = enc.mask.float() / enc.mask.sum(1, keepdim=True)  # uniform over real source tokens
+        attention = attention.repeat_interleave(len(prev_tokens) // len(enc.mask), 0)  # k rows share a source
         return StepOutput(probs.log(), DecoderState(h, state.c, state.feed), attention)
 
 
