@@ -77,6 +77,18 @@ class History(NamedTuple):
             finished,
         )
 
+    def ended(self, row: int, length: int, log_prob: float, score: float, src_len: int) -> Hypothesis:
+        """Row `row`, which emitted EOS as its length-th token, scored by the caller (search scores all the
+        rows that end at a step in one call; this only copies one out)."""
+        return Hypothesis(
+            self.tokens[row, : length - 1].tolist(),
+            score,
+            log_prob,
+            self.token_log_probs[row, :length].tolist(),
+            self.attention[row, :length, :src_len].clone(),  # a copy, so the history can be freed
+            True,
+        )
+
 
 class SlotHistory:
     """Greedy search's output so far, one slot per row being searched, written in place.

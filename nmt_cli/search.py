@@ -336,13 +336,14 @@ class _Finished:
         if not len(rows):
             return
         # every new one has step + 1 tokens (EOS included): score them at once, build only those kept
-        scores = beam.log_prob[rows] / length_penalty(torch.full_like(rows, step + 1), self.cfg)
-        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+        log_probs = beam.log_prob[rows]
+        scores = log_probs / length_penalty(torch.full_like(rows, step + 1), self.cfg)
+        ids, src_lengths = sents.ids.tolist(), sents.src_lengths.tolist()
+        for row, log_prob, score in zip(rows.tolist(), log_probs.tolist(), scores.tolist(), strict=True):
             b = row // self.k
-            best = self.best[int(sents.ids[b])]
+            best = self.best[ids[b]]
             if len(best) < self.k or score > best[-1].score:
-                src_len = int(sents.src_lengths[b])
-                best.append(beam.history.hypothesis(row, beam.log_prob[row], src_len, self.cfg))
+                best.append(beam.history.ended(row, step + 1, log_prob, score, src_lengths[b]))
                 best.sort(key=lambda h: h.score, reverse=True)  # stable: earlier finds win ties
                 del best[self.k :]
 
