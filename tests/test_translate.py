@@ -148,3 +148,40 @@ def test_the_first_batch_goes_out_on_its_own(trained, monkeypatch):
     out = list(translate_lines([lines, lines[:3]], loaded, cfg, batch_size=4))
     assert sizes == [4, 6, 3]  # the first chunk's first batch, the rest of it, the next chunk
     assert [t.line for t in out] == list(range(1, 14))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_worker_threads_change_nothing(trained, corpus, monkeypatch, beam):
+    """Batches dealt out to two worker threads give what one thread gives, in input order."""
+    import threading
+
+    import torch
+
+    from nmt_cli import decode as decode_module
+
+    loaded, cfg = load_model(trained), DecodeConfig(beam_size=beam)
+    src = [ids for ids in loaded.subword.encode_batch(dev_lines(corpus)) if ids]
+    threads, ran_on = torch.get_num_threads(), set()
+    real = decode_module._decode
+
+    def recording(model, ids, *args, **kwargs):
+        ran_on.add(threading.current_thread().name)
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(decode_module, "_decode", recording)
+    try:
+        torch.set_num_threads(1)
+        alone = decode_ids(loaded.model, src, cfg, batch_size=4)
+        assert ran_on == {threading.current_thread().name}
+        torch.set_num_threads(2)
+        ran_on.clear()
+        shared = decode_ids(loaded.model, src, cfg, batch_size=4)
+        assert len(ran_on) == 2 and all(name.startswith("nmt-decode") for name in ran_on)
+        assert torch.get_num_threads() == 2  # the caller's setting is back
+    finally:
+        torch.set_num_threads(threads)
+    assert len(src) > 8  # several batches per worker
+    # the same tokens; scores as batch invariance has them (a product's last bit may follow its row count)
+    assert [[h.tokens for h in nbest] for nbest in shared] == [[h.tokens for h in nbest] for nbest in alone]
+    scores = [h.score for nbest in shared for h in nbest]
+    assert scores == pytest.approx([h.score for nbest in alone for h in nbest], abs=1e-5)
