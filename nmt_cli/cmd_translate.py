@@ -93,7 +93,7 @@ def translate(
     max_len_b: int = typer.Option(10, help="Output cap per sentence: a * source length + b."),
     n_best: int = typer.Option(1, help="Hypotheses per line in JSONL output."),
     ban_unk: bool = typer.Option(False, "--ban-unk", help="Never output the unknown piece."),
-    int8: bool = typer.Option(False, "--int8", help="int8 LSTM and Linear layers: faster on CPU."),
+    int8: bool = typer.Option(False, "--int8", help="int8 decoder LSTM and Linear layers: faster on CPU."),
     shortlist: int = typer.Option(
         0, "--shortlist", help="Score only K table pieces per source piece (needs `nmt shortlist`)."
     ),
