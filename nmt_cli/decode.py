@@ -57,8 +57,8 @@ def decode_ids(
     others finish; beam search takes length-sorted batches of batch_size. With a shortlist, the output
     layer covers only the union of the shortlists of the sentences being stepped.
 
-    On the CPU, the length-sorted batches are dealt out to one worker thread per torch thread (up to
-    MAX_WORKERS), each running its batches on one thread. A step is some 30 kernels, most of them too small
+    On the CPU, the sentences are dealt out to one worker thread per torch thread (up to MAX_WORKERS), each
+    batching its own and running them on one thread. A step is some 30 kernels, most of them too small
     to split; one thread per worker never waits for another at the end of a kernel, where splitting each
     kernel over sleeping OpenMP threads pays about 0.1 ms per kernel to wake them, and spinning ones are
     ruinous as soon as another process wants the cores. torch's kernels run without the GIL.
@@ -71,8 +71,10 @@ def decode_ids(
     # stay large, and decoding holds about one batch's tensors, as on one thread (fp32 beam 5: 585-595
     # against 710-770 MB, the same speed). Greedy rows are too few for that (0.80-0.88x).
     size = batch_size if cfg.beam_size == 1 else -(-batch_size // workers)
-    chunks = length_sorted_chunks([len(s) for s in src_ids], size)
-    parts = [[i for chunk in chunks[w::workers] for i in chunk] for w in range(workers)]  # long and short
+    # sentences dealt out in length order: each worker gets as many, long and short alike, and makes its
+    # own batches of them, so no worker waits long for another at the end
+    (order,) = length_sorted_chunks([len(s) for s in src_ids], len(src_ids))
+    parts = [order[w::workers] for w in range(workers)]
     threads = torch.get_num_threads()
 
     def work(indices: list[int]) -> list[list[Hypothesis]]:
