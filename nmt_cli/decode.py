@@ -37,9 +37,14 @@ def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     return src, lengths
 
 
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices longest first, ties in input order."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
 def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first (less padding, same results)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    order = length_order(lengths)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -73,7 +78,7 @@ def decode_ids(
     size = batch_size if cfg.beam_size == 1 else -(-batch_size // workers)
     # sentences dealt out in length order: each worker gets as many, long and short alike, and makes its
     # own batches of them, so no worker waits long for another at the end
-    (order,) = length_sorted_chunks([len(s) for s in src_ids], len(src_ids))
+    order = length_order([len(s) for s in src_ids])
     parts = [order[w::workers] for w in range(workers)]
     threads = torch.get_num_threads()
 
