@@ -73,8 +73,8 @@ def decode_ids(
     if workers == 1:
         return _decode(model, src_ids, cfg, batch_size, shortlist)
     # A beam batch has k rows per sentence, so the workers share batch_size between them: their products
-    # stay large, and decoding holds about one batch's tensors, as on one thread (fp32 beam 5: 585-595
-    # against 710-770 MB, the same speed). Greedy rows are too few for that (0.80-0.88x).
+    # stay large, and decoding holds about one batch's tensors, as on one thread (fp32 beam 5: 588-597
+    # against 722-739 MB, at 1.02-1.15x). Greedy rows are too few for that (0.80-0.88x).
     size = batch_size if cfg.beam_size == 1 else -(-batch_size // workers)
     # sentences dealt out in length order: each worker gets as many, long and short alike, and makes its
     # own batches of them, so no worker waits long for another at the end
@@ -89,7 +89,7 @@ def decode_ids(
 
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     try:
-        with ThreadPoolExecutor(len(parts), thread_name_prefix="nmt-decode") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="nmt-decode") as pool:
             for indices, nbests in zip(parts, pool.map(work, parts), strict=True):
                 for i, nbest in zip(indices, nbests, strict=True):
                     results[i] = nbest
