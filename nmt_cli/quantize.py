@@ -8,12 +8,23 @@ batch's largest activation sets every row's scale: 151 of the 1,000 test_2016_fl
 differently at batch size 1 and 64. One scale per row is also a little finer than torch.ao's 7-bit
 per-tensor activations (bench/profiles.py int8-error). A shortlist takes a subset of an int8 layer's
 columns as they are: the cut layer gives exactly the full layer's scores for those rows.
+
+Two kernels run the int8 products (KERNEL). torch._int_mm is fast where oneDNN has its AVX-512 int8 code,
+and a plain loop elsewhere: on an AVX2-only AMD EPYC, 64 x 512 x 8000 took 412 ms against 12 in fp32.
+There, fbgemm's int8 product (torch's quantized linear, AVX2 code) runs instead, at 6.6 ms. It quantizes
+its input with one range for all rows; each row is scaled to [-1, 1] first, and two rows of +1 and -1
+are added, so that range is always [-1, 1] and a row's result still depends on that row alone. fbgemm
+keeps activations to 7 bits (its AVX2 code sums pairs of products in 16 bits), half the resolution of
+the _int_mm path: the two kernels give slightly different numbers, and the decoding signature says which
+ran. NMT_INT8_KERNEL=int_mm or fbgemm picks one, e.g. to get the same output on two kinds of CPU.
 """
 
 from __future__ import annotations
 
 import gc
-from typing import NamedTuple
+import os
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,31 +35,78 @@ from nmt_cli.model import Seq2Seq
 from nmt_cli.threads import in_parallel
 
 _TINY = 1e-12  # an all-zero row gets this scale instead of 0, and quantizes to zeros
+KERNELS = ("int_mm", "fbgemm")
+
+
+def _kernel() -> str:
+    """Which kernel runs int8 products here: NMT_INT8_KERNEL, else _int_mm on AVX-512 CPUs, else fbgemm."""
+    chosen = os.environ.get("NMT_INT8_KERNEL", "")
+    if chosen in KERNELS:
+        return chosen
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "int_mm"
+    return "int_mm" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "fbgemm"
+
+
+KERNEL = _kernel()
+
+
+def _fbgemm_pack(values: Tensor, scales: Tensor) -> Any:  # noqa: ANN401 - torch's packed-params object
+    """fbgemm's packed copy of an int8 weight, values (N, K) with one scale per row."""
+    torch.backends.quantized.engine = "fbgemm"  # a packed weight runs on the engine that packed it
+    zero_points = torch.zeros(len(scales), dtype=torch.long)
+    with warnings.catch_warnings():  # torch calls quantized tensors deprecated; the kernels are not
+        warnings.simplefilter("ignore", UserWarning)
+        weight = torch._make_per_channel_quantized_tensor(values, scales.double(), zero_points, 0)
+        return torch.ops.quantized.linear_prepack(weight, None)
 
 
 class Int8Weight(NamedTuple):
     values: Tensor  # (K, N) int8: the transpose of a row-major (N, K) matrix, as _int_mm takes it fastest
     scales: Tensor  # (N,) one per output channel
+    packed: Any = None  # fbgemm's copy, where KERNEL is fbgemm
 
     @staticmethod
     def of(weight: Tensor) -> Int8Weight:
-        """weight (N, K) -> symmetric int8 with one scale per row (output channel)."""
+        """weight (N, K) -> symmetric int8 with one scale per row (output channel), for KERNEL."""
         weight = weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp_min(_TINY) / 127.0
         values = torch.round(weight / scales.unsqueeze(1)).to(torch.int8)
-        return Int8Weight(values.t(), scales)
+        return Int8Weight._made(values, scales, KERNEL)
+
+    @staticmethod
+    def _made(values: Tensor, scales: Tensor, kernel: str) -> Int8Weight:
+        packed = _fbgemm_pack(values, scales) if kernel == "fbgemm" else None
+        return Int8Weight(values.t(), scales, packed)
 
     def columns(self, index: Tensor) -> Int8Weight:
         """The output channels `index` alone, in the same transposed layout: rows of the (N, K) storage
         are gathered (0.01 ms for 1,500 of 8,000 rows against 3 ms for columns of the (K, N) view)."""
-        rows = self.values.t().index_select(0, index)
-        return Int8Weight(rows.t(), self.scales.index_select(0, index))
+        rows, scales = self.values.t().index_select(0, index), self.scales.index_select(0, index)
+        return Int8Weight._made(rows, scales, "int_mm" if self.packed is None else "fbgemm")
+
+
+def _fbgemm_matmul(x: Tensor, w: Int8Weight) -> Tensor:
+    """int8_matmul through fbgemm: rows scaled to [-1, 1] and fenced by a row of +1 and one of -1, so its
+    one input range is [-1, 1] whatever the batch (see the module's docstring)."""
+    M, K = x.shape
+    scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)
+    rows = x.new_empty(M + 2, K)
+    torch.div(x, scale, out=rows[:M])
+    rows[M].fill_(1.0)
+    rows[M + 1].fill_(-1.0)
+    macs = M * K * w.values.size(1)
+    out = in_parallel(lambda: torch.ops.quantized.linear_dynamic(rows, w.packed, True), int8_macs=macs)
+    return out[:M].mul_(scale)
 
 
 def int8_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None = None) -> Tensor:
     """x (M, K) float @ the weight's transpose (+ bias) -> (M, N) float; each row of x quantized with its
     own scale. The scales are applied one axis at a time: broadcasting their (M, N) outer product, or
     linalg's inf-norm for the row maxima, each cost more than the int8 product itself (2.5 / 0.2 ms)."""
+    if w.packed is not None:
+        out = _fbgemm_matmul(x, w)
+        return out if bias is None else out.add_(bias)
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
     q = torch.div(x, scale).round_().to(torch.int8)
     macs = q.size(0) * q.size(1) * w.values.size(1)
@@ -174,6 +232,14 @@ def _called_as_modules(model: Seq2Seq) -> dict[type, list[str]]:
 def is_int8(model: nn.Module) -> bool:
     """True when any layer of the model was quantized by int8_dynamic."""
     return any(isinstance(m, (Int8Linear, Int8LSTM)) for m in model.modules())
+
+
+def int8_kernel(model: nn.Module) -> str | None:
+    """The kernel that runs the model's int8 products ("int_mm" or "fbgemm"); None when it has none."""
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            return "int_mm" if module.weight.packed is None else "fbgemm"
+    return None
 
 
 class OutputRows:

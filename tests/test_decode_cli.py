@@ -13,6 +13,7 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
+from nmt_cli import quantize
 from nmt_cli.checkpoint import load_model
 from nmt_cli.cli import app
 from nmt_cli.textio import read_lines
@@ -122,7 +123,7 @@ def test_search_options_reach_the_signature(trained):
         input="the dog .\n",
     )
     assert result.exit_code == 0 and result.stdout.count("\n") == 1
-    assert "|lp:1.0gnmt|maxlen:1.5x+10|unk:ban|int8:yes|shortlist:no|" in result.stderr
+    assert f"|lp:1.0gnmt|maxlen:1.5x+10|unk:ban|int8:{quantize.KERNEL}|shortlist:no|" in result.stderr
     bad = invoke("translate", "-m", trained, "--length-penalty-type", "wu", input="x\n")
     assert bad.exit_code == 1 and bad.stderr.strip().startswith(
         "nmt: error: unknown length penalty type 'wu'"

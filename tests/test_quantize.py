@@ -7,6 +7,7 @@ import weakref
 import pytest
 import torch
 
+from nmt_cli import quantize
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
@@ -156,3 +157,66 @@ def test_small_int8_products_stay_on_one_thread(models, monkeypatch):
         assert (small, large, fp32_product, after) == (1, 2, 2, 1)
     finally:
         torch.set_num_threads(threads)
+
+
+# --- the two int8 kernels --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=quantize.KERNELS)
+def kernel(request, monkeypatch):
+    """Each kernel in turn, as if this CPU had chosen it."""
+    monkeypatch.setattr(quantize, "KERNEL", request.param)
+    return request.param
+
+
+def _layer_and_rows(seed: int = 0) -> tuple[torch.nn.Linear, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    layer = torch.nn.Linear(48, 40)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 48, generator=gen) * 0.1)
+    x = torch.randn(9, 48, generator=gen)
+    x[2] *= 1000.0  # rows of very different ranges: one may not change another's scale
+    x[5] = 0.0
+    return layer, x
+
+
+def test_each_kernel_gives_a_row_the_same_bits_in_any_batch(kernel):
+    layer, x = _layer_and_rows()
+    int8 = quantize.Int8Linear.of(layer)
+    assert (int8.weight.packed is None) == (kernel == "int_mm")
+    with torch.inference_mode():
+        batch = int8(x)
+        alone = torch.cat([int8(x[i : i + 1]) for i in range(len(x))])
+        others = int8(torch.cat([x[:4] * 50.0, x, -x]))[4 : 4 + len(x)]
+        exact = layer(x)
+    assert torch.equal(batch, alone) and torch.equal(batch, others)
+    assert torch.equal(batch[5], layer.bias.detach())  # an all-zero row gives the bias exactly
+    error = (batch - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)
+    assert float(error.max()) < (0.02 if kernel == "int_mm" else 0.04)  # 8 and 7 bits of activation
+    assert not torch.equal(batch, exact)
+
+
+def test_each_kernel_scores_a_cut_layer_as_the_full_one(kernel):
+    layer, x = _layer_and_rows(1)
+    int8 = quantize.Int8Linear.of(layer)
+    rows = torch.tensor([0, 3, 7, 8, 39])
+    with torch.inference_mode():
+        assert torch.equal(OutputRows(int8).cut(rows)(x), int8(x)[:, rows])
+
+
+def test_the_int8_kernel_follows_the_cpu_unless_chosen(monkeypatch):
+    monkeypatch.delenv("NMT_INT8_KERNEL", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert quantize._kernel() == "int_mm"  # oneDNN's int8 code behind torch._int_mm
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert quantize._kernel() == "fbgemm"  # where _int_mm is a plain loop
+    monkeypatch.setenv("NMT_INT8_KERNEL", "int_mm")
+    assert quantize._kernel() == "int_mm"
+
+
+def test_the_signature_names_the_int8_kernel(trained, kernel):
+    from nmt_cli.translate import decode_signature, for_decoding
+
+    loaded = for_decoding(load_model(trained), True)
+    assert quantize.int8_kernel(loaded.model) == kernel
+    assert f"|int8:{kernel}|" in decode_signature(loaded, DecodeConfig(beam_size=1))
