@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from nmt_cli import gemm
 from nmt_cli.cell import gates_to_state
+from nmt_cli.errors import ConfigError
 from nmt_cli.model import Seq2Seq
 from nmt_cli.threads import in_parallel
 
@@ -38,14 +39,31 @@ _TINY = 1e-12  # an all-zero row gets this scale instead of 0, and quantizes to 
 KERNELS = ("int_mm", "fbgemm")
 
 
+def _fbgemm_available() -> bool:
+    """Whether this torch build has fbgemm's quantized linear (torch calls these ops deprecated)."""
+    try:
+        torch.ops.quantized.linear_dynamic  # noqa: B018 - looked up only
+    except (AttributeError, RuntimeError):
+        return False
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
 def _kernel() -> str:
-    """Which kernel runs int8 products here: NMT_INT8_KERNEL, else _int_mm on AVX-512 CPUs, else fbgemm."""
-    chosen = os.environ.get("NMT_INT8_KERNEL", "")
-    if chosen in KERNELS:
+    """Which kernel runs int8 products here: NMT_INT8_KERNEL (checked by int8_dynamic), else _int_mm on
+    AVX-512 CPUs, else fbgemm where this build has it."""
+    chosen = os.environ.get("NMT_INT8_KERNEL")
+    if chosen:
         return chosen
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512") or not _fbgemm_available():
         return "int_mm"
-    return "int_mm" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "fbgemm"
+    return "fbgemm"
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ConfigError(f"NMT_INT8_KERNEL={kernel!r}: expected one of {', '.join(KERNELS)}")
+    if kernel == "fbgemm" and not _fbgemm_available():
+        raise ConfigError("NMT_INT8_KERNEL=fbgemm: this torch build has no fbgemm")
 
 
 KERNEL = _kernel()
@@ -193,6 +211,7 @@ def int8_dynamic(model: Seq2Seq) -> Seq2Seq:
     on CPU. The encoder's LSTMs stay fp32: over a whole sentence at once, the fused oneDNN kernel runs in
     less time than stepping int8 products one position at a time (test_2016_flickr, base-rnn: 344-408
     against 599-620 ms)."""
+    _check_kernel(KERNEL)
     names = _called_as_modules(model.eval())
     decoder_lstms = [name for name in names[nn.LSTM] if not name.startswith("encoder.")]
     for name in names[nn.Linear] + decoder_lstms:

@@ -11,6 +11,7 @@ from nmt_cli import quantize
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
+from nmt_cli.errors import ConfigError
 from nmt_cli.quantize import Int8LSTM, OutputRows, int8_dynamic, is_int8
 from nmt_cli.textio import read_lines
 from nmt_cli.threads import PARALLEL_INT8_MACS, in_parallel, products_in_parallel
@@ -212,6 +213,12 @@ def test_the_int8_kernel_follows_the_cpu_unless_chosen(monkeypatch):
     assert quantize._kernel() == "fbgemm"  # where _int_mm is a plain loop
     monkeypatch.setenv("NMT_INT8_KERNEL", "int_mm")
     assert quantize._kernel() == "int_mm"
+
+
+def test_an_unknown_int8_kernel_is_a_clear_error(trained, monkeypatch):
+    monkeypatch.setattr(quantize, "KERNEL", "fbgem")
+    with pytest.raises(ConfigError, match="NMT_INT8_KERNEL='fbgem': expected one of int_mm, fbgemm"):
+        int8_dynamic(load_model(trained).model)
 
 
 def test_the_signature_names_the_int8_kernel(trained, kernel):
