@@ -290,13 +290,13 @@ def int8_threads(args: argparse.Namespace) -> None:
         (64, 256, 1024),
         (128, 256, 2048),
     )
+    from nmt_cli.quantize import KERNEL, Int8Weight, int8_matmul
+
+    print(f"int8 kernel: {KERNEL}")
     for M, K, N in shapes:
-        q, w = (
-            torch.randint(-127, 127, (M, K), dtype=torch.int8),
-            torch.randint(-127, 127, (N, K), dtype=torch.int8),
-        )
-        int8 = partial(torch._int_mm, q, w.t())
-        fp32 = partial(torch.nn.functional.linear, torch.randn(M, K), torch.randn(N, K))
+        x, w = torch.randn(M, K), torch.randn(N, K)
+        int8 = partial(int8_matmul, x, Int8Weight.of(w))  # with its per-row quantization, as decoding runs it
+        fp32 = partial(torch.nn.functional.linear, x, w)
         us = [_ms(f, n) * 1e3 for f, n in ((int8, 300), (woken(int8), 300), (fp32, 100), (woken(fp32), 100))]
         print(
             f"{M:4d} x {K:4d} x {N:4d} ({M * K * N / 1e6:5.1f} M MAC), one thread / two: "
