@@ -153,17 +153,15 @@ class Int8Linear(nn.Module):
 
 
 class _Int8Layer(NamedTuple):
-    input: Int8Weight  # (4H, I) as nn.LSTM's weight_ih
-    recurrent: Int8Weight  # (4H, H)
-    both: Int8Weight  # (4H, I + H), for a single step
+    weight: Int8Weight  # (4H, I + H): nn.LSTM's weight_ih and weight_hh side by side
     bias: Tensor  # (4H,) b_ih + b_hh
 
 
 class Int8LSTM(nn.Module):
     """A unidirectional, batch-first nn.LSTM with int8 products, for inference.
 
-    Each layer projects the inputs of all steps in one product, then steps the recurrent product and the
-    pointwise part; that is also all one decoder step is.
+    Each step of each layer is one product of [input | h], each row with its own scale: that is all a
+    decoder step needs, and a longer input (teacher forcing an int8 model) steps through the same code.
     """
 
     def __init__(self, lstm: nn.LSTM):
@@ -172,8 +170,6 @@ class Int8LSTM(nn.Module):
         self.hidden_size, self.num_layers = lstm.hidden_size, lstm.num_layers
         self.layers = [
             _Int8Layer(
-                Int8Weight.of(getattr(lstm, f"weight_ih_l{i}")),
-                Int8Weight.of(getattr(lstm, f"weight_hh_l{i}")),
                 Int8Weight.of(
                     torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], 1)
                 ),
@@ -191,16 +187,11 @@ class Int8LSTM(nn.Module):
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             h, c = state[0][i], state[1][i]
-            if T == 1:  # a decoder step: [x | h] in one product, each row with one scale
-                h, c = gates_to_state(int8_matmul(torch.cat([x[:, 0], h], 1), layer.both, layer.bias), c)
-                x = h.unsqueeze(1)
-            else:
-                gates_in = int8_matmul(x.reshape(B * T, -1), layer.input, layer.bias).view(B, T, -1)
-                outputs = []
-                for t in range(T):
-                    h, c = gates_to_state(gates_in[:, t] + int8_matmul(h, layer.recurrent), c)
-                    outputs.append(h)
-                x = torch.stack(outputs, dim=1)
+            outputs = []
+            for t in range(T):
+                h, c = gates_to_state(int8_matmul(torch.cat([x[:, t], h], 1), layer.weight, layer.bias), c)
+                outputs.append(h)
+            x = h.unsqueeze(1) if T == 1 else torch.stack(outputs, dim=1)  # a decoder step: no copy
             hs.append(h)
             cs.append(c)
         return x, (torch.stack(hs), torch.stack(cs))

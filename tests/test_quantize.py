@@ -227,3 +227,21 @@ def test_the_signature_names_the_int8_kernel(trained, kernel):
     loaded = for_decoding(load_model(trained), True)
     assert quantize.int8_kernel(loaded.model) == kernel
     assert f"|int8:{kernel}|" in decode_signature(loaded, DecodeConfig(beam_size=1))
+
+
+def test_an_int8_lstm_over_a_sequence_equals_its_steps_and_is_close_to_fp32(kernel):
+    gen = torch.Generator().manual_seed(2)
+    lstm = torch.nn.LSTM(12, 16, num_layers=2, batch_first=True)
+    x = torch.randn(3, 5, 12, generator=gen)
+    state = (torch.randn(2, 3, 16, generator=gen), torch.randn(2, 3, 16, generator=gen))
+    int8 = Int8LSTM(lstm)
+    with torch.inference_mode():
+        whole, (h, c) = int8(x, state)
+        steps, step_state = [], state
+        for t in range(x.size(1)):
+            out, step_state = int8(x[:, t : t + 1], step_state)
+            steps.append(out)
+        exact, _ = lstm(x, state)
+    assert torch.equal(whole, torch.cat(steps, dim=1))
+    assert torch.equal(h, step_state[0]) and torch.equal(c, step_state[1])
+    assert (whole - exact).abs().max() < 0.05 and not torch.equal(whole, exact)
