@@ -50,7 +50,7 @@ class History(NamedTuple):
         )
 
     def select(self, index: Tensor) -> History:
-        return History(self.tokens[index], self.token_log_probs[index], self.attention[index])
+        return History(*(x.index_select(0, index) for x in self))  # see EncoderOutput.select
 
     def append(self, tokens: Tensor, token_log_probs: Tensor, attention: Tensor) -> History:
         """tokens (N,), token_log_probs (N,), attention (N, S) become step t."""

@@ -318,7 +318,7 @@ def _advance(beam: _Beam, choice: _Choice, tokens: Tensor, candidates: Tensor, a
     """Row i continues row choice.parents[i] with tokens[i]; candidates (N, V), attention (N, S)."""
     parents = choice.parents
     token_log_probs = candidates[parents, choice.columns]
-    history = beam.history.select(parents).append(tokens, token_log_probs, attention[parents])
+    history = beam.history.select(parents).append(tokens, token_log_probs, attention.index_select(0, parents))
     return _Beam(history, choice.log_prob, beam.finished[parents] | (tokens == EOS))
 
 

@@ -34,7 +34,7 @@ class Shortlist(NamedTuple):
 
     def rows(self, index: Tensor) -> Shortlist:
         """The same columns for a subset of the sentences."""
-        return Shortlist(self.vocab, self.allowed[index])
+        return Shortlist(self.vocab, self.allowed.index_select(0, index))
 
 
 class RowLists(NamedTuple):
@@ -56,7 +56,7 @@ class RowLists(NamedTuple):
         return RowLists(bias, columns, real, allowed.all(dim=1, keepdim=True))
 
     def select(self, index: Tensor) -> RowLists:
-        return RowLists(self.bias[index], self.columns[index], self.real[index], self.full[index])
+        return RowLists(*(x.index_select(0, index) for x in self))
 
 
 def restrict(log_probs: Tensor, lists: RowLists | None) -> Tensor:
