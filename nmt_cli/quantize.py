@@ -239,11 +239,6 @@ def _called_as_modules(model: Seq2Seq) -> dict[type, list[str]]:
     return {kind: sorted(set(names)) for kind, names in called.items()}
 
 
-def is_int8(model: nn.Module) -> bool:
-    """True when any layer of the model was quantized by int8_dynamic."""
-    return any(isinstance(m, (Int8Linear, Int8LSTM)) for m in model.modules())
-
-
 def int8_kernel(model: nn.Module) -> str | None:
     """The kernel that runs the model's int8 products ("int_mm" or "fbgemm"); None when it has none."""
     for module in model.modules():

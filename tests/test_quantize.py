@@ -12,7 +12,7 @@ from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.quantize import Int8LSTM, OutputRows, int8_dynamic, is_int8
+from nmt_cli.quantize import Int8LSTM, OutputRows, int8_dynamic, int8_kernel
 from nmt_cli.textio import read_lines
 from nmt_cli.threads import PARALLEL_INT8_MACS, in_parallel, products_in_parallel
 
@@ -31,7 +31,7 @@ def dev_ids(models, corpus) -> list[list[int]]:
 
 def test_int8_replaces_the_layers_decoding_calls(models):
     fp32, int8 = models
-    assert is_int8(int8) and not is_int8(fp32.model)
+    assert int8_kernel(int8) == quantize.KERNEL and int8_kernel(fp32.model) is None
     assert type(int8.generator) is not torch.nn.Linear  # the largest layer of every step
     assert type(int8.decoder_rnn) is not torch.nn.LSTM  # stepped once per output token
     # the encoder's LSTMs run a whole sentence per call, faster in the fused fp32 kernel
