@@ -10,8 +10,8 @@ per-tensor activations (bench/profiles.py int8-error). A shortlist takes a subse
 columns as they are: the cut layer gives exactly the full layer's scores for those rows.
 
 Two kernels run the int8 products (KERNEL). torch._int_mm is fast where oneDNN has its AVX-512 int8 code,
-and a plain loop elsewhere: on an AVX2-only AMD EPYC, 64 x 512 x 8000 took 412 ms against 12 in fp32.
-There, fbgemm's int8 product (torch's quantized linear, AVX2 code) runs instead, at 6.6 ms. It quantizes
+and a plain loop elsewhere: on an AVX2-only AMD EPYC, 64 x 512 x 8000 took 287-291 ms against 12-20 in
+fp32. There, fbgemm's int8 product (torch's quantized linear, AVX2 code) runs instead, at 6.2 ms. It quantizes
 its input with one range for all rows; each row is scaled to [-1, 1] first, and two rows of +1 and -1
 are added, so that range is always [-1, 1] and a row's result still depends on that row alone. fbgemm
 keeps activations to 7 bits (its AVX2 code sums pairs of products in 16 bits), half the resolution of
