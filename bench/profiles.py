@@ -24,6 +24,9 @@
                                                    a decoder LSTM step as nn.LSTM and packed by hand
     python bench/profiles.py encoder-lstm            one encoder direction forward + backward: fused nn.LSTM
                                                    against cell.lstm_sequence, ms and MB kept for backward
+    python bench/profiles.py int8-pack               fbgemm weights packed per channel or with scale 1 (the
+                                                   scales applied to the output): ms to pack a 3,600-row
+                                                   shortlist cut, and ms per product at 1-320 rows
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
                                                    our int8 against torch.ao's, both against fp32
 
@@ -304,6 +307,50 @@ def int8_threads(args: argparse.Namespace) -> None:
         )
 
 
+def int8_pack(args: argparse.Namespace) -> None:
+    """fbgemm weights packed with their per-channel scales, or with scale 1 and the scales applied to the
+    output (what quantize does): the cost of packing a shortlist cut, and of products with each."""
+    import warnings
+
+    from nmt_cli.quantize import _TINY, _fbgemm_pack
+
+    torch.set_num_threads(1)
+    torch.backends.quantized.engine = "fbgemm"
+
+    def per_channel(values, scales):  # noqa: ANN001, ANN202 - how quantize packed before
+        zero_points = torch.zeros(len(scales), dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch._make_per_channel_quantized_tensor(values, scales.double(), zero_points, 0)
+            return torch.ops.quantized.linear_prepack(weight, None)
+
+    values = torch.randint(-127, 128, (3600, 512), dtype=torch.int8)
+    scales = torch.rand(3600) * 0.01 + _TINY
+    channel, unit = _ms(lambda: per_channel(values, scales), 30), _ms(lambda: _fbgemm_pack(values), 30)
+    print(f"pack 3,600 x 512: per channel {channel:.2f} ms, scale 1 {unit:.2f} ms")
+    for N, K in ((8000, 512), (2048, 1024), (3600, 512)):
+        values = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+        scales, bias = torch.rand(N) * 0.01 + _TINY, torch.randn(N)
+        packs = per_channel(values, scales), _fbgemm_pack(values)
+        for M in (1, 8, 64, 320):
+            channel, unit = _scaled_products(M, K, packs, scales, bias)
+            print(f"  {M:3d} x {K:4d} x {N:4d}: per channel {channel:.3f} ms, scale 1 {unit:.3f} ms")
+
+
+def _scaled_products(M: int, K: int, packs: tuple, scales: torch.Tensor, bias: torch.Tensor) -> tuple:
+    """ms of an M-row fbgemm product with the weight packed per channel, and packed with scale 1."""
+    rows, row_scales = torch.rand(M + 2, K) * 2 - 1, torch.rand(M, 1)
+
+    def per_channel():  # noqa: ANN202
+        return torch.ops.quantized.linear_dynamic(rows, packs[0], True)[:M].mul_(row_scales).add_(bias)
+
+    def unit():  # noqa: ANN202
+        out = torch.ops.quantized.linear_dynamic(rows, packs[1], True)[:M].mul_(row_scales)
+        return torch.addcmul(bias, out, scales)
+
+    return _ms(per_channel, 50), _ms(unit, 50)
+
+
 def int8_error(args: argparse.Namespace) -> None:
     import warnings
 
@@ -430,7 +477,7 @@ def main() -> None:
         "gemm",
         "encoder-lstm",
     ]
-    parser.add_argument("what", choices=[*choices, "int8-error"])
+    parser.add_argument("what", choices=[*choices, "int8-pack", "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--updates", type=int, default=8)
@@ -450,6 +497,7 @@ def main() -> None:
         decode_steps=decode_steps,
         products=products,
         int8_threads=int8_threads,
+        int8_pack=int8_pack,
         int8_error=int8_error,
         gemm=gemm_rates,
         encoder_lstm=encoder_lstm,
