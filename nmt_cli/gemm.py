@@ -175,10 +175,23 @@ def pack(weight: Tensor) -> Tensor | None:
     return _REORDER(weight.detach(), PACKED_ROWS)
 
 
+ROW_BLOCK = 8
+
+
 def linear_packed(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x (..., K) @ weight.T + bias, with weight as `pack` returned it; without autograd."""
+    """x (..., K) @ weight.T + bias, with weight as `pack` returned it; without autograd.
+
+    The rows are padded to a multiple of ROW_BLOCK: oneDNN compiles a kernel for every row count it
+    meets, and decoding meets most of 1..64 for each product as sentences finish one by one.
+    """
     assert _ONEDNN is not None
-    return _ONEDNN(x.contiguous(), packed, bias, "none", [], "")
+    rows = x.reshape(-1, x.size(-1))
+    M = rows.size(0)
+    padded = -(-M // ROW_BLOCK) * ROW_BLOCK
+    if padded != M:
+        rows = torch.cat([rows, rows.new_zeros(padded - M, rows.size(1))])
+    out = _ONEDNN(rows.contiguous(), packed, bias, "none", [], "")
+    return (out if padded == M else out[:M]).view(*x.shape[:-1], out.size(-1))
 
 
 class Linear(nn.Linear):

@@ -52,6 +52,21 @@ def test_linear_with_grad_has_f_linears_gradients():
 
 
 @needs_onednn
+def test_packed_products_give_each_row_the_same_bits_whatever_the_row_count():
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(40, 24), torch.randn(40), torch.randn(19, 24)
+    packed = gemm.pack(weight)
+    full = gemm.linear_packed(x, packed, bias)
+    assert torch.allclose(full, F.linear(x, weight, bias), atol=1e-5)
+    for rows in range(1, 19):  # padded to multiples of gemm.ROW_BLOCK inside, cut back here
+        part = gemm.linear_packed(x[:rows], packed, bias)
+        assert part.shape == (rows, 40)
+        assert torch.equal(part, full[:rows]), rows
+    x3 = x[:15].view(3, 5, 24)
+    assert torch.equal(gemm.linear_packed(x3, packed, bias), full[:15].view(3, 5, 40))
+
+
+@needs_onednn
 def test_decoding_steps_its_lstm_over_packed_weights_as_the_module_would():
     torch.manual_seed(0)
     model = build_model(tiny_model_config(50, input_feeding=True, decoder_layers=2)).eval()
