@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import io
 import json
@@ -38,6 +39,25 @@ def _sleeping_idle_threads() -> None:
     Must run before torch is first imported (the commands import it lazily), as OpenMP reads it once.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _one_malloc_arena() -> bool:
+    """glibc's malloc keeps one heap for all threads, unless MALLOC_ARENA_MAX says otherwise; whether set.
+
+    By default each decoding worker thread gets a heap of its own, and freed tensors leave holes in each
+    that the others cannot use: with one, peak RSS over test_2016_flickr fell by 27-64 MB (fp32 greedy
+    497 -> 470, int8 + shortlist beam 5 479 -> 415) at the same speed (3 rounds each). Must run before the
+    worker threads start. Elsewhere than glibc, nothing happens.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 @contextmanager
@@ -105,6 +125,7 @@ def translate(
 ) -> None:
     """Translate FILE or stdin: exactly one output line per input line, in order."""
     _sleeping_idle_threads()
+    _one_malloc_arena()
     import time
 
     from nmt_cli import gemm

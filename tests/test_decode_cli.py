@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import queue
 import subprocess
 import sys
@@ -205,3 +206,14 @@ def test_tune_with_int8_and_a_shortlist_scores_what_translate_outputs(trained, c
     assert f"{record['rows'][0]['bleu']:.2f}" == bleu
     plain = invoke("tune", "-m", listed, "--src", src, "--ref", ref, "--beam-sweep", "1", "--json").stdout
     assert json.loads(plain)["rows"][0]["bleu"] != record["rows"][0]["bleu"]  # the options did something
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's arena setting is glibc's")
+def test_translate_asks_for_one_malloc_arena_unless_the_user_chose():
+    code = "from nmt_cli.cmd_translate import _one_malloc_arena; print(_one_malloc_arena())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    for extra, expected in (({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False")):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected, extra
