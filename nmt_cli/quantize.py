@@ -71,7 +71,7 @@ KERNEL = _kernel()
 
 def _fbgemm_pack(values: Tensor) -> Any:  # noqa: ANN401 - torch's packed-params object
     """fbgemm's packed copy of int8 weight values (N, K), with scale 1: the per-channel scales are applied
-    to its output. Packed per channel, a 3,600-row shortlist cut of base-rnn's output layer took 19.3 ms
+    to its output. Packed per channel, a 3,600-row shortlist cut of base-rnn's output layer took 14-25 ms
     against 7.5 (once per batch), and products ran no faster (`python bench/profiles.py int8-pack`)."""
     torch.backends.quantized.engine = "fbgemm"  # a packed weight runs on the engine that packed it
     with warnings.catch_warnings():  # torch calls quantized tensors deprecated; the kernels are not
