@@ -4,8 +4,9 @@
                                                    matmul shape
     python bench/profiles.py decode MODEL [--beam 1] [--int8] [--shortlist K]
                                                    torch.profiler over translating test_2016_flickr
-    python bench/profiles.py decode-memory MODEL     load time; RSS after imports, loading, the first
-                                                   batch, all lines
+    python bench/profiles.py decode-memory MODEL [--beam 1] [--int8] [--shortlist K]
+                                                   load time; RSS and malloc's bytes in use after imports,
+                                                   loading, each 512 lines, as translate runs them
     python bench/profiles.py train-memory [--trim]   RSS per update (--trim: malloc_trim after each)
     python bench/profiles.py save-memory             what saving a base-rnn run's checkpoints (save_run) adds
                                                    to RSS, and how long it takes
@@ -133,19 +134,31 @@ def profile_decode(args: argparse.Namespace) -> None:
 
 
 def decode_memory(args: argparse.Namespace) -> None:
+    """RSS and malloc's bytes in use at each stage of translating test_2016_flickr as translate does it
+    (one malloc arena, chunks of 512 lines, worker threads), after each chunk."""
+    from nmt_cli.cmd_translate import _one_malloc_arena
+
+    _one_malloc_arena()  # before any thread starts, as translate
+    from nmt_cli import gemm
+
+    gemm.set_cache_capacity(gemm.DECODING_CACHE)  # before the first product, as translate
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
-    from nmt_cli.decode import decode_ids
+    from nmt_cli.translate import for_decoding, translate_lines
 
-    rss("imports")
+    def stage(tag: str) -> None:
+        rss(f"{tag}; malloc in use {_malloc_live_mb():.0f} MB")
+
+    stage("imports")
     began = time.perf_counter()
-    loaded = load_model(args.model)
-    rss(f"loaded in {time.perf_counter() - began:.2f} s")
-    ids, cfg = test_ids(loaded.subword), DecodeConfig(beam_size=args.beam)
-    decode_ids(loaded.model, ids[:64], cfg, batch_size=64)
-    rss("first 64 lines")
-    decode_ids(loaded.model, ids, cfg, batch_size=64)
-    rss(f"all {len(ids)} lines")
+    loaded = for_decoding(load_model(args.model, mapped=not args.int8), args.int8)
+    stage(f"loaded in {time.perf_counter() - began:.2f} s")
+    lines = (DATA / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
+    chunks = [lines[i : i + 512] for i in range(0, len(lines), 512)]
+    cfg = DecodeConfig(beam_size=args.beam, shortlist=args.shortlist)
+    for n, _ in enumerate(translate_lines(iter(chunks), loaded, cfg), start=1):
+        if n % 512 == 0 or n == len(lines):
+            stage(f"{n} lines")
 
 
 def train_memory(args: argparse.Namespace) -> None:
