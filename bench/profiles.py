@@ -28,11 +28,13 @@
     python bench/profiles.py int8-pack               fbgemm weights packed per channel or with scale 1 (the
                                                    scales applied to the output): ms to pack a 3,600-row
                                                    shortlist cut, and ms per product at 1-320 rows
+    python bench/profiles.py tanh                    us of torch.tanh against tanh through sigmoid (what
+                                                   decoding runs), and their largest errors
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
                                                    our int8 against torch.ao's, both against fp32
 
 Data: ${NMT_DATA:-../shared/data/multi30k}, subwords ${NMT_SPM:-runs/m30k/spm.model}. Threads from
-OMP_NUM_THREADS. Self CPU time is what the tables sort by.
+OMP_NUM_THREADS. Self CPU time is what the tables sort by; ROWS sets how many rows they show (25).
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def profile_decode(args: argparse.Namespace) -> None:
     print(f"{len(ids) / (time.perf_counter() - began):.1f} sentences/s without the profiler", file=sys.stderr)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run(ids)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("ROWS", 25))))
 
 
 def decode_memory(args: argparse.Namespace) -> None:
@@ -364,6 +366,25 @@ def _scaled_products(M: int, K: int, packs: tuple, scales: torch.Tensor, bias: t
     return _ms(per_channel, 50), _ms(unit, 50)
 
 
+def tanh_rates(args: argparse.Namespace) -> None:
+    """us per call of torch.tanh and of nmt_cli.activations.tanh (through sigmoid) at decoding's shapes,
+    torch.sigmoid for scale, and the largest error of each against float64 over [-20, 20]."""
+    from nmt_cli.activations import tanh
+
+    with torch.inference_mode():
+        for rows, cols in ((64, 512), (8, 512), (320, 512)):
+            x = torch.randn(rows, cols)
+            print(
+                f"{rows} x {cols}: torch.tanh {1e3 * _ms(lambda x=x: torch.tanh(x), 2000):.1f} us, "
+                f"through sigmoid {1e3 * _ms(lambda x=x: tanh(x), 2000):.1f}, "
+                f"sigmoid {1e3 * _ms(lambda x=x: torch.sigmoid(x), 2000):.1f}"
+            )
+        x = torch.linspace(-20, 20, 2_000_001)
+        exact = torch.tanh(x.double())
+        for name, got in (("torch.tanh", torch.tanh(x)), ("through sigmoid", tanh(x))):
+            print(f"{name}: max error {(got.double() - exact).abs().max().item():.2e}")
+
+
 def int8_error(args: argparse.Namespace) -> None:
     import warnings
 
@@ -489,6 +510,7 @@ def main() -> None:
         "save-memory",
         "gemm",
         "encoder-lstm",
+        "tanh",
     ]
     parser.add_argument("what", choices=[*choices, "int8-pack", "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
@@ -514,6 +536,7 @@ def main() -> None:
         int8_error=int8_error,
         gemm=gemm_rates,
         encoder_lstm=encoder_lstm,
+        tanh=tanh_rates,
     )[args.what.replace("-", "_")](args)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from nmt_cli.activations import tanh
 from nmt_cli.gemm import Linear
 
 MatVec = Callable[[Tensor, Tensor], Tensor]  # mat (B, S, D), vec (B, D) -> (B, S): the model's cell.matvec
@@ -70,7 +71,7 @@ class BahdanauAttention(nn.Module):
         """query (B, H) or (B, T, H), keys (B, S, H) -> energies (B, S) or (B, T, S)."""
         q = self.query_proj(query)
         if query.dim() == 2:
-            return self.v(torch.tanh(q.unsqueeze(1) + keys)).squeeze(-1)
+            return self.v(tanh(q.unsqueeze(1) + keys)).squeeze(-1)
         return self.v(torch.tanh(q.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
 
 

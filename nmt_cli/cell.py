@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt_cli import gemm
+from nmt_cli.activations import tanh
 
 
 def _plus(product: Tensor, add: Tensor | None) -> Tensor:
@@ -147,13 +148,14 @@ def gates_to_state(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """LSTM pointwise part: gates (B, 4H) in nn.LSTM's order i, f, g, o, and c (B, H) -> h, c'."""
     if torch.is_grad_enabled():
         return _GatesToState.apply(gates, c)
-    # int8 decoding steps here: the same kernels without the autograd node, and g's tanh written in place
+    # decoding steps here: the same arithmetic without the autograd node, tanh through sigmoid (see
+    # activations), g's written in place
     H = c.size(1)
     act = torch.sigmoid(gates)
-    torch.tanh(gates[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
+    tanh(gates[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
     i, f, g, o = act.chunk(4, dim=1)
     c_new = torch.addcmul(f * c, i, g)
-    return o * torch.tanh(c_new), c_new
+    return o * tanh(c_new), c_new
 
 
 class Collectors:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt_cli import gemm
+from nmt_cli.activations import tanh
 from nmt_cli.attention import build_attention, masked_softmax
 from nmt_cli.cell import (
     Collectors,
@@ -354,7 +355,7 @@ class Seq2Seq(nn.Module):
             if collectors is None
             else linear(joined, self.combine.weight, "combine", collectors, first)
         )
-        return self.dropout(torch.tanh(combined)), attn
+        return self.dropout(tanh(combined)), attn
 
     def _all_steps(self, emb: Tensor, enc: EncoderOutput) -> TeacherForced:
         """Without input feeding no step depends on the last output: one LSTM call, one attention call."""
