@@ -194,3 +194,15 @@ def test_the_encoder_steps_its_lstm_by_hand_only_where_it_trains_a_wide_one(
     with torch.set_grad_enabled(grad):
         model.encode(src, lengths)
     assert len(calls) == (2 if stepped else 0)  # both directions, or neither
+
+
+def test_reverse_padded_reverses_each_row_within_its_length_and_passes_gradients():
+    from nmt_cli.model import reverse_padded
+
+    x = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3).requires_grad_()
+    out = reverse_padded(x, torch.tensor([4, 2]))
+    assert torch.equal(out[0], x[0].flip(0))
+    assert torch.equal(out[1, :2], x[1, :2].flip(0)) and torch.equal(out[1, 2:], x[1, 2:])  # padding stays
+    assert torch.equal(reverse_padded(out, torch.tensor([4, 2])), x)
+    (out * torch.arange(24.0).view(2, 4, 3)).sum().backward()
+    assert torch.equal(x.grad, reverse_padded(torch.arange(24.0).view(2, 4, 3), torch.tensor([4, 2])))
