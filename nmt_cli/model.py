@@ -76,7 +76,7 @@ class EncoderOutput(NamedTuple):
 
 
 class StepOutput(NamedTuple):
-    log_probs: Tensor  # (N, V)
+    logits: Tensor  # (N, V) scores before normalisation: search takes log_softmax, or a shortlist's own
     state: DecoderState
     attention: Tensor  # (N, S)
 
@@ -207,7 +207,7 @@ class Seq2Seq(nn.Module):
         return EncoderOutput(memory, self.attention.project_keys(memory), mask, self._initial_state(top))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
-        """prev_tokens (N,) -> log-probabilities of the next token (N, V), new state, attention (N, S).
+        """prev_tokens (N,) -> logits of the next token (N, V), new state, attention (N, S).
 
         enc has B rows and N = B * k: the k consecutive rows of a beam share their sentence's encoder row
         (k = 1 for greedy search and training), so a beam is never copied k times.
@@ -225,7 +225,7 @@ class Seq2Seq(nn.Module):
             out = out.squeeze(1)
         hidden, attn = self._attend(out, enc)
         feed = hidden if self.cfg.input_feeding else state.feed
-        return StepOutput(F.log_softmax(self.generator(hidden), dim=-1), DecoderState(h, c, feed), attn)
+        return StepOutput(self.generator(hidden), DecoderState(h, c, feed), attn)
 
     def _packed_lstm_step(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """One nn.LSTM step at inference, x (B, I), h and c (L, B, H) -> h, c, each layer's [input |

@@ -31,7 +31,7 @@ from torch import Tensor
 from nmt_cli.config import DecodeConfig
 from nmt_cli.hypothesis import BOS, EOS, NEG_INF, PAD, UNK, History, Hypothesis, SlotHistory, length_penalty
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput
-from nmt_cli.shortlist import RowLists, Shortlist, restrict, token_ids
+from nmt_cli.shortlist import RowLists, Shortlist, normalise, own_log_probs, token_ids
 
 __all__ = [
     "Group",
@@ -47,7 +47,7 @@ __all__ = [
 
 
 class StepModel(Protocol):
-    """All search needs from a model (Seq2Seq has it): one decoder step, log_probs (N, V) or (N, V')."""
+    """All search needs from a model (Seq2Seq has it): one decoder step, logits (N, V) or (N, V')."""
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput: ...
 
@@ -198,8 +198,23 @@ def _join(rows: _Rows | None, group: Group, slots: Tensor, cfg: DecodeConfig) ->
             *(torch.cat(pair) for pair in zip(rows[2:6], new[2:6], strict=True)),  # prev..slots
             shortlist,
         )
-    lists = None if new.shortlist is None else RowLists.of(new.shortlist.allowed.to(device))
+    lists = None if new.shortlist is None else RowLists.of(new.shortlist.allowed.to(device), with_bias=False)
     return new._replace(sents=new.sents._replace(lists=lists))
+
+
+def _greedy_choice(
+    logits: Tensor, lists: RowLists | None, first: Tensor, cfg: DecodeConfig
+) -> tuple[Tensor, Tensor]:
+    """Each row's most likely next token: its log-prob (N,) and step-model column (N,).
+
+    With shortlists the max runs over each row's own columns (own_log_probs), which hold the special ids
+    first, as columns 0..3, so they are masked there as in the batch's columns. Ties go to the lowest
+    column either way (own columns ascend): the token that the max over all of normalise's columns gives.
+    """
+    if lists is None:
+        return _mask_log_probs(normalise(logits, None), first, cfg).max(dim=1)
+    best, at = _mask_log_probs(own_log_probs(logits, lists), first, cfg).max(dim=1)
+    return best, lists.columns.gather(1, at.unsqueeze(1)).squeeze(1)
 
 
 @torch.inference_mode()
@@ -236,8 +251,7 @@ def greedy_refilled(
             return results
         assert history is not None and model is not None
         out = model.decode_step(rows.prev, rows.enc.state, rows.enc)
-        log_probs = _mask_log_probs(restrict(out.log_probs, rows.sents.lists), rows.steps == 0, cfg)
-        step_log_prob, columns = log_probs.max(dim=1)
+        step_log_prob, columns = _greedy_choice(out.logits, rows.sents.lists, rows.steps == 0, cfg)
         prev, log_prob = token_ids(columns, rows.shortlist), rows.log_prob + step_log_prob
         history.write(rows.slots, rows.steps, prev, step_log_prob, out.attention)
         steps = rows.steps + 1
@@ -246,11 +260,14 @@ def greedy_refilled(
         )
         done = (prev == EOS) | (rows.sents.caps <= steps)
         if done.any():  # finished sentences leave: nothing is computed for them any more
-            for row in done.nonzero().flatten().tolist():
-                slot, src_len = int(rows.slots[row]), int(rows.sents.src_lengths[row])
-                hypothesis = history.hypothesis(slot, int(steps[row]), log_prob[row], src_len, cfg)
-                results[int(rows.sents.ids[row])] = [hypothesis]
-                free.append(slot)
+            ended = done.nonzero().flatten()
+            slots = rows.slots[ended]
+            hypotheses = history.hypotheses(
+                slots, steps[ended], log_prob[ended], rows.sents.src_lengths[ended], cfg
+            )
+            for sentence, hypothesis in zip(rows.sents.ids[ended].tolist(), hypotheses, strict=True):
+                results[sentence] = [hypothesis]
+            free.extend(slots.tolist())
             rows = rows.select((~done).nonzero().flatten())
 
 
@@ -398,7 +415,7 @@ def beam_search(
     )
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         out = model.decode_step(prev, state, enc)
-        candidates = _candidate_log_probs(restrict(out.log_probs, lists), beam.finished, t, cfg)
+        candidates = _candidate_log_probs(normalise(out.logits, lists), beam.finished, t, cfg)
         choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
         prev = token_ids(choice.columns, shortlist)
         beam = _advance(beam, choice, prev, candidates, out.attention)

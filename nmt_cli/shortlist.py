@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt_cli.model import Seq2Seq
@@ -40,42 +41,52 @@ class Shortlist(NamedTuple):
 class RowLists(NamedTuple):
     """Per-row shortlists over the step model's columns, ready to condition on (N rows)."""
 
-    bias: Tensor  # (N, V') 0 where a column is in the row's list, -inf elsewhere
-    columns: Tensor  # (N, L) the row's own columns, padded with column 0
+    columns: Tensor  # (N, L) the row's own columns, ascending, padded with column 0; every list holds the
+    # special ids, columns 0..3, so they are every row's first four
     real: Tensor  # (N, L) False on that padding
-    full: Tensor  # (N, 1) the row's list is every column: nothing to condition
+    bias: Tensor | None  # (N, V') 0 where a column is in the row's list, -inf elsewhere; for normalise
 
     @staticmethod
-    def of(allowed: Tensor) -> RowLists:
-        """allowed (N, V') -> the same lists in the forms a step uses."""
+    def of(allowed: Tensor, with_bias: bool = True) -> RowLists:
+        """allowed (N, V') -> the same lists in the forms a step uses; the bias only when asked for
+        (normalise needs it, own_log_probs does not)."""
         counts = allowed.sum(dim=1)
         real = torch.arange(int(counts.max()), device=allowed.device) < counts.unsqueeze(1)
         columns = torch.zeros(real.shape, dtype=torch.long, device=allowed.device)
         columns[real] = allowed.nonzero()[:, 1]  # row-major: each row's columns in ascending order
         bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, NEG_INF)
-        return RowLists(bias, columns, real, allowed.all(dim=1, keepdim=True))
+        return RowLists(columns, real, bias if with_bias else None)
 
     def select(self, index: Tensor) -> RowLists:
-        return RowLists(*(x.index_select(0, index) for x in self))
+        return RowLists(*(None if x is None else x.index_select(0, index) for x in self))
 
 
-def restrict(log_probs: Tensor, lists: RowLists | None) -> Tensor:
-    """Each row conditioned on its sentence's shortlist, in place: log p(y | y in list). (N, V') -> (N, V').
+def _own_and_normaliser(logits: Tensor, lists: RowLists) -> tuple[Tensor, Tensor]:
+    """Each row's logits over its own columns (N, L), -inf on padding, and their logsumexp (N, 1).
 
-    The normaliser sums over the row's own columns only (gathered), so it costs O(list), not O(V'),
-    and it adds the same values in the same order whichever sentences share the batch. A row whose list
-    is every column is left as it is: conditioning on the whole support changes nothing, and skipping it
-    keeps a shortlist of the full vocabulary bit-identical to no shortlist.
+    From the logits of the row's own columns alone: no log_softmax over the batch's V' columns first
+    (which only cancels out), and the result depends on no other sentence's list, to the last bit (a cut
+    output layer gives a column the same bits whatever the other columns). O(list), not O(V').
     """
+    own = logits.gather(1, lists.columns).masked_fill_(~lists.real, NEG_INF)
+    return own, own.logsumexp(dim=1, keepdim=True)
+
+
+def normalise(logits: Tensor, lists: RowLists | None) -> Tensor:
+    """Log-probabilities from a step's logits (N, V'), each row conditioned on its sentence's shortlist:
+    log p(y | y in list), -inf outside it; log_softmax without shortlists. In place with lists."""
     if lists is None:
-        return log_probs
-    own = log_probs.gather(1, lists.columns).masked_fill(~lists.real, NEG_INF)
-    # log-probs are <= 0, so exp cannot overflow: three kernels where logsumexp's stable form runs eight
-    # (0.17 ms a step at 64 rows); it is the fallback should a whole list underflow
-    norm = own.exp().sum(dim=1, keepdim=True).log()
-    if not bool(norm.isfinite().all()):
-        norm = own.logsumexp(dim=1, keepdim=True)
-    return log_probs.add_(lists.bias).sub_(norm.masked_fill_(lists.full, 0.0))
+        return F.log_softmax(logits, dim=-1)
+    assert lists.bias is not None, "RowLists.of(..., with_bias=True)"
+    _, norm = _own_and_normaliser(logits, lists)
+    return logits.add_(lists.bias).sub_(norm)
+
+
+def own_log_probs(logits: Tensor, lists: RowLists) -> Tensor:
+    """normalise's values on each row's own columns only: (N, V') -> (N, L), in the order of lists.columns,
+    -inf on padding. Greedy search takes its max there, over a tenth of the batch's columns or less."""
+    own, norm = _own_and_normaliser(logits, lists)
+    return own.sub_(norm)
 
 
 def token_ids(columns: Tensor, shortlist: Shortlist | None) -> Tensor:

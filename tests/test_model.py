@@ -39,7 +39,7 @@ def step_loop(model, src, lengths, tgt_in):
     for t in range(tgt_in.size(1)):
         out = model.decode_step(tgt_in[:, t], state, enc)
         state = out.state
-        log_probs.append(out.log_probs)
+        log_probs.append(out.logits.log_softmax(-1))
         attns.append(out.attention)
     return torch.stack(log_probs, 1), torch.stack(attns, 1)
 

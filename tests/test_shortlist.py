@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from nmt_cli.shortlist import LexicalTable, RowLists, batch_shortlist, build_table, restrict, sentence_vocab
+from nmt_cli.shortlist import (
+    LexicalTable,
+    RowLists,
+    batch_shortlist,
+    build_table,
+    normalise,
+    own_log_probs,
+    sentence_vocab,
+)
 
 # sentence counts: c(10) = 2, c(11) = c(12) = 1; c(20) = 2, c(21) = c(22) = 1. Dice 2 c(s,t) / (c(s) + c(t)):
 #   10: 20 -> 2*2/4 = 1,   21 -> 2/3,  22 -> 2/3     11: 21 -> 2/2 = 1, 20 -> 2/3     12: 22 -> 1, 20 -> 2/3
@@ -39,12 +47,30 @@ def test_sentence_and_batch_shortlists():
     assert columns.allowed.tolist() == [[True] * 4 + [True, False], [True] * 4 + [False, True]]
 
 
-def test_restrict_conditions_each_row_on_its_own_list():
-    log_probs = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-300.0, -200.0, -0.01, -250.0]])
-    allowed = torch.tensor([[True, False, True, False], [True, True, False, True]])
-    got = restrict(log_probs.clone(), RowLists.of(allowed))
-    # row 1's list holds only probabilities that underflow float32 in exp: the stable fallback
+def test_normalise_conditions_each_row_on_its_own_list():
+    logits = torch.tensor([[-1.0, -2.0, -3.0, -4.0, 0.5], [-300.0, -200.0, 80.0, -250.0, 0.0]])
+    allowed = torch.tensor([[True, False, False, False, True], [True, True, False, True, False]])
+    lists = RowLists.of(allowed)
+    got = normalise(logits.clone(), lists)
+    own = own_log_probs(logits.clone(), lists)
+    # row 1's list leaves out its largest logit, and what is left would underflow in exp: logsumexp's
+    # stable form
     for row in range(2):
-        own = log_probs[row][allowed[row]]
-        assert torch.allclose(got[row][allowed[row]], own - own.logsumexp(0))
+        expected = logits[row][allowed[row]] - logits[row][allowed[row]].logsumexp(0)
+        assert torch.allclose(got[row][allowed[row]], expected)
         assert torch.all(got[row][~allowed[row]] == float("-inf"))
+        assert torch.equal(own[row][: int(allowed[row].sum())], got[row][allowed[row]])
+    assert own[0, 2] == float("-inf")  # row 0's list is a column shorter: padding
+
+
+def test_normalised_scores_of_a_row_do_not_depend_on_the_other_columns():
+    # a sentence alone (its list is all the columns) and beside another (a wider union): the same bits
+    torch.manual_seed(0)
+    logits = torch.randn(1, 9) * 5
+    mine = torch.tensor([0, 1, 2, 3, 5, 8])
+    alone = normalise(logits[:, mine].clone(), RowLists.of(torch.ones(1, 6, dtype=torch.bool)))
+    allowed = torch.zeros(2, 9, dtype=torch.bool)
+    allowed[0, mine] = True
+    allowed[1] = True
+    beside = normalise(logits.repeat(2, 1), RowLists.of(allowed))
+    assert torch.equal(beside[0, mine], alone[0])

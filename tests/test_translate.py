@@ -90,7 +90,8 @@ def test_a_shortlist_of_the_whole_vocabulary_equals_full_search(trained, corpus,
     full = list(translate_lines([lines], loaded, DecodeConfig(beam_size=beam)))
     cut = list(translate_lines([lines], listed, DecodeConfig(beam_size=beam, shortlist=V)))
     assert [t.hyp for t in cut] == [t.hyp for t in full]
-    assert [t.score for t in cut] == [t.score for t in full]  # exactly: the same arithmetic throughout
+    # a list's own normaliser (logsumexp of its columns) may differ from log_softmax in the last bits
+    assert [t.score for t in cut] == pytest.approx([t.score for t in full], abs=1e-6)
 
 
 @pytest.mark.parametrize("beam", [1, 3])
