@@ -17,10 +17,18 @@ are added, so that range is always [-1, 1] and a row's result still depends on t
 keeps activations to 7 bits (its AVX2 code sums pairs of products in 16 bits), half the resolution of
 the _int_mm path: the two kernels give slightly different numbers, and the decoding signature says which
 ran. NMT_INT8_KERNEL=int_mm or fbgemm picks one, e.g. to get the same output on two kinds of CPU.
+
+The encoder's LSTMs run a whole sentence per call in oneDNN's fused kernel, which has no int8 form in
+torch. Where the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), --int8 runs them in bfloat16
+(fp32 sums), twice as fast: int8 + shortlist greedy 1.17x over test_2016_flickr, BLEU 40.08 against
+40.10 (bench/profiles.py decode, BENCHMARKS.md); elsewhere bfloat16 would be emulated, and they stay
+fp32 (ENCODER). The signature says which: int8:int_mm+bf16-encoder. NMT_INT8_ENCODER=bf16 or fp32
+chooses.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import warnings
@@ -62,11 +70,31 @@ def _kernel() -> str:
 def _check_kernel(kernel: str) -> None:
     if kernel not in KERNELS:
         raise ConfigError(f"NMT_INT8_KERNEL={kernel!r}: expected one of {', '.join(KERNELS)}")
+    if ENCODER not in ENCODER_PRECISIONS:
+        raise ConfigError(f"NMT_INT8_ENCODER={ENCODER!r}: expected one of {', '.join(ENCODER_PRECISIONS)}")
     if kernel == "fbgemm" and not _fbgemm_available():
         raise ConfigError("NMT_INT8_KERNEL=fbgemm: this torch build has no fbgemm")
 
 
 KERNEL = _kernel()
+ENCODER_PRECISIONS = ("bf16", "fp32")
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), as oneDNN then does."""
+    try:
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # a torch without these probes
+        return False
+
+
+def _encoder_precision() -> str:
+    """The precision of the encoder's LSTMs under --int8: NMT_INT8_ENCODER (checked by int8_dynamic),
+    else bf16 where the CPU has it natively, else fp32."""
+    return os.environ.get("NMT_INT8_ENCODER") or ("bf16" if _native_bf16() else "fp32")
+
+
+ENCODER = _encoder_precision()
 
 
 def _fbgemm_pack(values: Tensor) -> Any:  # noqa: ANN401 - torch's packed-params object
@@ -199,18 +227,36 @@ class Int8LSTM(nn.Module):
         return x, (torch.stack(hs), torch.stack(cs))
 
 
+class Bf16LSTM(nn.Module):
+    """An nn.LSTM run in bfloat16 (fp32 sums inside oneDNN), taking and giving fp32, for inference."""
+
+    def __init__(self, lstm: nn.LSTM):
+        super().__init__()
+        self.lstm = copy.deepcopy(lstm).to(torch.bfloat16)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):  # noqa: ANN201 - as nn.LSTM
+        if state is not None:
+            state = (state[0].to(torch.bfloat16), state[1].to(torch.bfloat16))
+        out, (h, c) = self.lstm(x.to(torch.bfloat16), state)
+        return out.float(), (h.float(), c.float())
+
+
 def int8_dynamic(model: Seq2Seq) -> Seq2Seq:
     """The same model with int8 Linear layers and an int8 decoder LSTM, converted in place; for decoding
-    on CPU. The encoder's LSTMs stay fp32: over a whole sentence at once, the fused oneDNN kernel runs in
-    less time than stepping int8 products one position at a time (test_2016_flickr, base-rnn: 344-408
-    against 599-620 ms)."""
+    on CPU. The encoder's LSTMs are not stepped in int8: over a whole sentence at once, the fused oneDNN
+    kernel runs in less time than stepping int8 products one position at a time (test_2016_flickr,
+    base-rnn: 344-408 against 599-620 ms). They run in ENCODER's precision (see the module's docstring)."""
     _check_kernel(KERNEL)
     names = _called_as_modules(model.eval())
     decoder_lstms = [name for name in names[nn.LSTM] if not name.startswith("encoder.")]
-    for name in names[nn.Linear] + decoder_lstms:
+    encoder_lstms = [name for name in names[nn.LSTM] if name.startswith("encoder.")]
+    for name in names[nn.Linear] + decoder_lstms + (encoder_lstms if ENCODER == "bf16" else []):
         parent, _, child = name.rpartition(".")
         layer = model.get_submodule(name)
-        new = Int8Linear.of(layer) if isinstance(layer, nn.Linear) else Int8LSTM(layer)
+        if isinstance(layer, nn.Linear):
+            new: nn.Module = Int8Linear.of(layer)
+        else:
+            new = Int8LSTM(layer) if name in decoder_lstms else Bf16LSTM(layer)
         setattr(model.get_submodule(parent), child, new)
     gc.collect()  # the replaced fp32 layers may sit in reference cycles: free their weights now
     return model
@@ -247,6 +293,15 @@ def int8_kernel(model: nn.Module) -> str | None:
         if isinstance(module, Int8Linear):
             return "int_mm" if module.weight.packed is None else "fbgemm"
     return None
+
+
+def int8_label(model: nn.Module) -> str | None:
+    """What --int8 made of the model, for the decoding signature: the kernel, and "+bf16-encoder" where
+    the encoder's LSTMs run in bfloat16; None without int8 layers."""
+    kernel = int8_kernel(model)
+    if kernel is None:
+        return None
+    return kernel + ("+bf16-encoder" if any(isinstance(m, Bf16LSTM) for m in model.modules()) else "")
 
 
 class OutputRows:

@@ -13,7 +13,7 @@ from nmt_cli.checkpoint import LoadedModel
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.quantize import OutputRows, int8_dynamic, int8_kernel
+from nmt_cli.quantize import OutputRows, int8_dynamic, int8_label
 from nmt_cli.search import Hypothesis
 from nmt_cli.shortlist import LexicalTable
 from nmt_cli.subword import BOS, EOS
@@ -48,13 +48,13 @@ def decode_signature(loaded: LoadedModel, cfg: DecodeConfig) -> str:
     """Which model and search settings produced a translation, in sacrebleu's signature style."""
     search = "greedy" if cfg.beam_size == 1 else "beam"
     lp = f"{cfg.length_penalty}" + ("gnmt" if cfg.length_penalty_type == "gnmt" else "")
-    kernel = int8_kernel(loaded.model)
+    int8 = int8_label(loaded.model)
     unk = "|unk:ban" if cfg.ban_unk else ""
     lex = LexicalTable.from_tensors(loaded.extras)
     shortlist = f"{cfg.shortlist}+{len(lex.frequent)}" if cfg.shortlist and lex is not None else "no"
     return (
         f"decode|model:{loaded.digest}|search:{search}|beam:{cfg.beam_size}|lp:{lp}"
-        f"|maxlen:{cfg.max_len_a}x+{cfg.max_len_b}{unk}|int8:{kernel or 'no'}"
+        f"|maxlen:{cfg.max_len_a}x+{cfg.max_len_b}{unk}|int8:{int8 or 'no'}"
         f"|shortlist:{shortlist}|nmt:{__version__}"
     )
 

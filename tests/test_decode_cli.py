@@ -124,7 +124,8 @@ def test_search_options_reach_the_signature(trained):
         input="the dog .\n",
     )
     assert result.exit_code == 0 and result.stdout.count("\n") == 1
-    assert f"|lp:1.0gnmt|maxlen:1.5x+10|unk:ban|int8:{quantize.KERNEL}|shortlist:no|" in result.stderr
+    int8 = quantize.KERNEL + ("+bf16-encoder" if quantize.ENCODER == "bf16" else "")
+    assert f"|lp:1.0gnmt|maxlen:1.5x+10|unk:ban|int8:{int8}|shortlist:no|" in result.stderr
     bad = invoke("translate", "-m", trained, "--length-penalty-type", "wu", input="x\n")
     assert bad.exit_code == 1 and bad.stderr.strip().startswith(
         "nmt: error: unknown length penalty type 'wu'"

@@ -12,7 +12,7 @@ from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.quantize import Int8LSTM, OutputRows, int8_dynamic, int8_kernel
+from nmt_cli.quantize import Bf16LSTM, Int8LSTM, OutputRows, int8_dynamic, int8_kernel, int8_label
 from nmt_cli.textio import read_lines
 from nmt_cli.threads import PARALLEL_INT8_MACS, in_parallel, products_in_parallel
 
@@ -34,9 +34,9 @@ def test_int8_replaces_the_layers_decoding_calls(models):
     assert int8_kernel(int8) == quantize.KERNEL and int8_kernel(fp32.model) is None
     assert type(int8.generator) is not torch.nn.Linear  # the largest layer of every step
     assert type(int8.decoder_rnn) is not torch.nn.LSTM  # stepped once per output token
-    # the encoder's LSTMs run a whole sentence per call, faster in the fused fp32 kernel
-    encoder_lstms = [type(m) for m in int8.encoder.modules() if isinstance(m, (torch.nn.LSTM, Int8LSTM))]
-    assert encoder_lstms and set(encoder_lstms) == {torch.nn.LSTM}
+    # the encoder's LSTMs run a whole sentence per call, faster in the fused kernel than stepped in int8
+    encoder_rnns = {type(rnn) for directions in int8.encoder.layers for rnn in directions}
+    assert encoder_rnns == {Bf16LSTM if quantize.ENCODER == "bf16" else torch.nn.LSTM}
 
 
 def test_int8_log_probs_are_close_to_fp32(models, dev_ids):
@@ -228,7 +228,56 @@ def test_the_signature_names_the_int8_kernel(trained, kernel):
 
     loaded = for_decoding(load_model(trained), True)
     assert quantize.int8_kernel(loaded.model) == kernel
-    assert f"|int8:{kernel}|" in decode_signature(loaded, DecodeConfig(beam_size=1))
+    assert f"|int8:{int8_label(loaded.model)}|" in decode_signature(loaded, DecodeConfig(beam_size=1))
+    assert int8_label(loaded.model).startswith(kernel)
+
+
+# --- the encoder's precision under --int8 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", quantize.ENCODER_PRECISIONS)
+def test_the_encoder_runs_in_the_chosen_precision_close_to_fp32(trained, dev_ids, monkeypatch, precision):
+    from nmt_cli.translate import decode_signature, for_decoding
+
+    monkeypatch.setattr(quantize, "ENCODER", precision)
+    fp32, int8 = load_model(trained), for_decoding(load_model(trained), True)
+    rnns = {type(rnn) for directions in int8.model.encoder.layers for rnn in directions}
+    assert rnns == {Bf16LSTM if precision == "bf16" else torch.nn.LSTM}
+    src, lengths = pad_batch(dev_ids)
+    with torch.inference_mode():
+        exact, approx = fp32.model.encoder(src, lengths)[0], int8.model.encoder(src, lengths)[0]
+    assert approx.dtype == torch.float32
+    error = float((approx - exact).abs().max())
+    assert error == 0.0 if precision == "fp32" else 0.0 < error < 0.05  # bfloat16 keeps 8 bits
+    suffix = "+bf16-encoder" if precision == "bf16" else ""
+    assert f"|int8:{quantize.KERNEL}{suffix}|" in decode_signature(int8, DecodeConfig(beam_size=1))
+
+
+def test_a_bf16_encoder_leaves_output_independent_of_the_batch(trained, dev_ids, monkeypatch):
+    from nmt_cli.translate import for_decoding
+
+    monkeypatch.setattr(quantize, "ENCODER", "bf16")
+    model = for_decoding(load_model(trained), True).model
+    cfg = DecodeConfig(beam_size=1)
+    one = decode_ids(model, dev_ids, cfg, batch_size=1)
+    many = decode_ids(model, dev_ids, cfg, batch_size=7)
+    assert [n[0].tokens for n in one] == [n[0].tokens for n in many]
+
+
+def test_the_encoder_precision_follows_the_cpu_unless_chosen(monkeypatch):
+    monkeypatch.delenv("NMT_INT8_ENCODER", raising=False)
+    monkeypatch.setattr(quantize, "_native_bf16", lambda: True)
+    assert quantize._encoder_precision() == "bf16"
+    monkeypatch.setattr(quantize, "_native_bf16", lambda: False)
+    assert quantize._encoder_precision() == "fp32"  # emulated bfloat16 would be slower than fp32
+    monkeypatch.setenv("NMT_INT8_ENCODER", "bf16")
+    assert quantize._encoder_precision() == "bf16"
+
+
+def test_an_unknown_encoder_precision_is_a_clear_error(trained, monkeypatch):
+    monkeypatch.setattr(quantize, "ENCODER", "fp16")
+    with pytest.raises(ConfigError, match="NMT_INT8_ENCODER='fp16': expected one of bf16, fp32"):
+        int8_dynamic(load_model(trained).model)
 
 
 def test_an_int8_lstm_over_a_sequence_equals_its_steps_and_is_close_to_fp32(kernel):
