@@ -78,7 +78,7 @@ def test_decoding_steps_its_lstm_over_packed_weights_as_the_module_would():
         assert model._packed_lstm  # the packed path ran
         with gemm.unpacked():
             module = model.decode_step(prev, enc.state, enc)
-    assert torch.allclose(packed.log_probs, module.log_probs, atol=1e-5)
+    assert torch.allclose(packed.logits, module.logits, atol=1e-5)
     assert torch.allclose(packed.state.h, module.state.h, atol=1e-5)
     assert torch.allclose(packed.state.c, module.state.c, atol=1e-5)
 
@@ -123,9 +123,9 @@ def test_a_training_update_renews_the_packed_weights_validation_decodes_with():
         with torch.inference_mode():
             enc = model.encode(src, lengths)
             if packed:
-                return model.decode_step(prev, enc.state, enc).log_probs
+                return model.decode_step(prev, enc.state, enc).logits
             with gemm.unpacked():
-                return model.decode_step(prev, enc.state, enc).log_probs
+                return model.decode_step(prev, enc.state, enc).logits
 
     step(packed=True)  # packs the weights as they are now
     model.train()
