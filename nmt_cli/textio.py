@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,11 +116,20 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _is_regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):  # no file descriptor: an in-memory stream
+        return False
+
+
 def stream_chunks(stream: BinaryIO, path: str, max_lines: int) -> Iterator[list[str]]:
     """Lines in chunks of what has arrived (at most max_lines): waits only for the first line of a chunk.
 
     A reader thread feeds a bounded queue, so a file is read ahead in full chunks for fast batching
     while an interactive stream (`tail -f`, a coprocess) gets each line translated as soon as it comes.
+    A regular file (as stdin too) is cut into full chunks: reading it never waits for a writer, and its
+    batches then never depend on how fast the reader ran, nor do the last bits of its scores.
     """
     import queue
     import threading
@@ -134,6 +145,7 @@ def stream_chunks(stream: BinaryIO, path: str, max_lines: int) -> Iterator[list[
             lines.put(err)
         lines.put(done)
 
+    full_chunks = _is_regular_file(stream)
     threading.Thread(target=read, daemon=True).start()
     while True:
         chunk, item = [], lines.get()
@@ -146,7 +158,7 @@ def stream_chunks(stream: BinaryIO, path: str, max_lines: int) -> Iterator[list[
             if len(chunk) >= max_lines:
                 break
             try:
-                item = lines.get_nowait()
+                item = lines.get(block=full_chunks)
             except queue.Empty:
                 break
         if chunk:

@@ -3,6 +3,7 @@
 import io
 import os
 import threading
+import time
 
 import pytest
 
@@ -65,3 +66,22 @@ def test_stream_chunks_bounded_and_ordered():
     chunks = list(stream_chunks(io.BytesIO(data), "x", max_lines=64))
     assert all(len(c) <= 64 for c in chunks)
     assert [int(x) for c in chunks for x in c] == list(range(1000))
+
+
+def test_a_regular_file_is_cut_into_full_chunks_however_slowly_it_is_read(tmp_path, monkeypatch):
+    import nmt_cli.textio as textio
+
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"{i}\n" for i in range(150)))
+    read = textio.iter_lines
+
+    def slowly(stream, name):
+        for line in read(stream, name):
+            time.sleep(0.001)  # a reader slower than the consumer: chunks of what has arrived would be tiny
+            yield line
+
+    monkeypatch.setattr(textio, "iter_lines", slowly)
+    with path.open("rb") as stream:
+        chunks = list(stream_chunks(stream, str(path), max_lines=64))
+    assert [len(c) for c in chunks] == [64, 64, 22]
+    assert [int(x) for c in chunks for x in c] == list(range(150))
