@@ -217,9 +217,16 @@ def test_the_int8_kernel_follows_the_cpu_unless_chosen(monkeypatch):
     assert quantize._kernel() == "int_mm"
 
 
-def test_an_unknown_int8_kernel_is_a_clear_error(trained, monkeypatch):
-    monkeypatch.setattr(quantize, "KERNEL", "fbgem")
-    with pytest.raises(ConfigError, match="NMT_INT8_KERNEL='fbgem': expected one of int_mm, fbgemm"):
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("KERNEL", "fbgem", "NMT_INT8_KERNEL='fbgem': expected one of int_mm, fbgemm"),
+        ("ENCODER", "fp16", "NMT_INT8_ENCODER='fp16': expected one of bf16, fp32"),
+    ],
+)
+def test_an_unknown_int8_setting_is_a_clear_error(trained, monkeypatch, setting, value, message):
+    monkeypatch.setattr(quantize, setting, value)
+    with pytest.raises(ConfigError, match=message):
         int8_dynamic(load_model(trained).model)
 
 
@@ -272,12 +279,6 @@ def test_the_encoder_precision_follows_the_cpu_unless_chosen(monkeypatch):
     assert quantize._encoder_precision() == "fp32"  # emulated bfloat16 would be slower than fp32
     monkeypatch.setenv("NMT_INT8_ENCODER", "bf16")
     assert quantize._encoder_precision() == "bf16"
-
-
-def test_an_unknown_encoder_precision_is_a_clear_error(trained, monkeypatch):
-    monkeypatch.setattr(quantize, "ENCODER", "fp16")
-    with pytest.raises(ConfigError, match="NMT_INT8_ENCODER='fp16': expected one of bf16, fp32"):
-        int8_dynamic(load_model(trained).model)
 
 
 def test_an_int8_lstm_over_a_sequence_equals_its_steps_and_is_close_to_fp32(kernel):
