@@ -50,6 +50,7 @@ class RowLists(NamedTuple):
     def of(allowed: Tensor, with_bias: bool = True) -> RowLists:
         """allowed (N, V') -> the same lists in the forms a step uses; the bias only when asked for
         (normalise needs it, own_log_probs does not)."""
+        assert bool(allowed[:, : len(SPECIAL_IDS)].all()), "every list holds the special ids"
         counts = allowed.sum(dim=1)
         real = torch.arange(int(counts.max()), device=allowed.device) < counts.unsqueeze(1)
         columns = torch.zeros(real.shape, dtype=torch.long, device=allowed.device)

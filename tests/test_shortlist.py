@@ -48,19 +48,21 @@ def test_sentence_and_batch_shortlists():
 
 
 def test_normalise_conditions_each_row_on_its_own_list():
-    logits = torch.tensor([[-1.0, -2.0, -3.0, -4.0, 0.5], [-300.0, -200.0, 80.0, -250.0, 0.0]])
-    allowed = torch.tensor([[True, False, False, False, True], [True, True, False, True, False]])
+    # columns 0..3 are the special ids, in every list; row 1's list leaves out its largest logit, and
+    # what is left would underflow in exp: logsumexp's stable form
+    logits = torch.tensor(
+        [[-1.0, -2.0, -3.0, -4.0, 0.5, 2.0, -1.5], [-300.0, -200.0, -310.0, -250.0, 80.0, -220.0, -205.0]]
+    )
+    allowed = torch.tensor([[True] * 4 + [True, False, False], [True] * 4 + [False, True, True]])
     lists = RowLists.of(allowed)
     got = normalise(logits.clone(), lists)
     own = own_log_probs(logits.clone(), lists)
-    # row 1's list leaves out its largest logit, and what is left would underflow in exp: logsumexp's
-    # stable form
     for row in range(2):
         expected = logits[row][allowed[row]] - logits[row][allowed[row]].logsumexp(0)
         assert torch.allclose(got[row][allowed[row]], expected)
         assert torch.all(got[row][~allowed[row]] == float("-inf"))
         assert torch.equal(own[row][: int(allowed[row].sum())], got[row][allowed[row]])
-    assert own[0, 2] == float("-inf")  # row 0's list is a column shorter: padding
+    assert own[0, 5] == float("-inf")  # row 0's list is a column shorter: padding
 
 
 def test_normalised_scores_of_a_row_do_not_depend_on_the_other_columns():
