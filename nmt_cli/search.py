@@ -26,12 +26,13 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.hypothesis import BOS, EOS, NEG_INF, PAD, UNK, History, Hypothesis, SlotHistory, length_penalty
 from nmt_cli.model import DecoderState, EncoderOutput, StepOutput
-from nmt_cli.shortlist import RowLists, Shortlist, normalise, own_log_probs, token_ids
+from nmt_cli.shortlist import RowLists, Shortlist, own_log_probs, token_ids
 
 __all__ = [
     "Group",
@@ -198,23 +199,31 @@ def _join(rows: _Rows | None, group: Group, slots: Tensor, cfg: DecodeConfig) ->
             *(torch.cat(pair) for pair in zip(rows[2:6], new[2:6], strict=True)),  # prev..slots
             shortlist,
         )
-    lists = None if new.shortlist is None else RowLists.of(new.shortlist.allowed.to(device), with_bias=False)
+    lists = None if new.shortlist is None else RowLists.of(new.shortlist.allowed.to(device))
     return new._replace(sents=new.sents._replace(lists=lists))
+
+
+def _log_probs(logits: Tensor, lists: RowLists | None) -> Tensor:
+    """A step's log-probabilities: over all columns (N, V), or with shortlists over each row's own (N, L).
+
+    Search ranks a row's own columns only: a tenth of the batch's union or less, and they hold the special
+    ids first, as columns 0..3, so _mask_log_probs masks them by the same positions. Own columns ascend,
+    so a tie goes to the lowest column either way.
+    """
+    return F.log_softmax(logits, dim=-1) if lists is None else own_log_probs(logits, lists)
+
+
+def _model_columns(rows: Tensor, positions: Tensor, lists: RowLists | None) -> Tensor:
+    """The step-model columns of positions chosen in _log_probs' output, rows and positions (M,)."""
+    return positions if lists is None else lists.columns[rows, positions]
 
 
 def _greedy_choice(
     logits: Tensor, lists: RowLists | None, first: Tensor, cfg: DecodeConfig
 ) -> tuple[Tensor, Tensor]:
-    """Each row's most likely next token: its log-prob (N,) and step-model column (N,).
-
-    With shortlists the max runs over each row's own columns (own_log_probs), which hold the special ids
-    first, as columns 0..3, so they are masked there as in the batch's columns. Ties go to the lowest
-    column either way (own columns ascend): the token that the max over all of normalise's columns gives.
-    """
-    if lists is None:
-        return _mask_log_probs(normalise(logits, None), first, cfg).max(dim=1)
-    best, at = _mask_log_probs(own_log_probs(logits, lists), first, cfg).max(dim=1)
-    return best, lists.columns.gather(1, at.unsqueeze(1)).squeeze(1)
+    """Each row's most likely next token: its log-prob (N,) and step-model column (N,)."""
+    best, at = _mask_log_probs(_log_probs(logits, lists), first, cfg).max(dim=1)
+    return best, _model_columns(torch.arange(len(at), device=at.device), at, lists)
 
 
 @torch.inference_mode()
@@ -316,10 +325,11 @@ def _candidate_log_probs(log_probs: Tensor, finished: Tensor, step: int, cfg: De
 
 
 class _Choice(NamedTuple):
-    """The k best continuations of each sentence: parent rows, columns, raw log-probs, all (B'*k,)."""
+    """The k best continuations of each sentence: parent rows, positions in the candidates (columns, or
+    places in the rows' own lists), raw log-probs, all (B'*k,)."""
 
     parents: Tensor
-    columns: Tensor
+    positions: Tensor
     log_prob: Tensor
 
 
@@ -334,7 +344,7 @@ def _top_k(scores: Tensor, k: int) -> _Choice:
 def _advance(beam: _Beam, choice: _Choice, tokens: Tensor, candidates: Tensor, attention: Tensor) -> _Beam:
     """Row i continues row choice.parents[i] with tokens[i]; candidates (N, V), attention (N, S)."""
     parents = choice.parents
-    token_log_probs = candidates[parents, choice.columns]
+    token_log_probs = candidates[parents, choice.positions]
     history = beam.history.select(parents).append(tokens, token_log_probs, attention.index_select(0, parents))
     return _Beam(history, choice.log_prob, beam.finished[parents] | (tokens == EOS))
 
@@ -415,9 +425,9 @@ def beam_search(
     )
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         out = model.decode_step(prev, state, enc)
-        candidates = _candidate_log_probs(normalise(out.logits, lists), beam.finished, t, cfg)
+        candidates = _candidate_log_probs(_log_probs(out.logits, lists), beam.finished, t, cfg)
         choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
-        prev = token_ids(choice.columns, shortlist)
+        prev = token_ids(_model_columns(choice.parents, choice.positions, lists), shortlist)
         beam = _advance(beam, choice, prev, candidates, out.attention)
         state = out.state.select(choice.parents)
         finished.add(beam, sents, t)

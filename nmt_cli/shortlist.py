@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt_cli.model import Seq2Seq
@@ -44,50 +43,32 @@ class RowLists(NamedTuple):
     columns: Tensor  # (N, L) the row's own columns, ascending, padded with column 0; every list holds the
     # special ids, columns 0..3, so they are every row's first four
     real: Tensor  # (N, L) False on that padding
-    bias: Tensor | None  # (N, V') 0 where a column is in the row's list, -inf elsewhere; for normalise
 
     @staticmethod
-    def of(allowed: Tensor, with_bias: bool = True) -> RowLists:
-        """allowed (N, V') -> the same lists in the forms a step uses; the bias only when asked for
-        (normalise needs it, own_log_probs does not)."""
+    def of(allowed: Tensor) -> RowLists:
+        """allowed (N, V') -> the same lists in the forms a step uses."""
         assert bool(allowed[:, : len(SPECIAL_IDS)].all()), "every list holds the special ids"
         counts = allowed.sum(dim=1)
         real = torch.arange(int(counts.max()), device=allowed.device) < counts.unsqueeze(1)
         columns = torch.zeros(real.shape, dtype=torch.long, device=allowed.device)
         columns[real] = allowed.nonzero()[:, 1]  # row-major: each row's columns in ascending order
-        bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, NEG_INF)
-        return RowLists(columns, real, bias if with_bias else None)
+        return RowLists(columns, real)
 
     def select(self, index: Tensor) -> RowLists:
-        return RowLists(*(None if x is None else x.index_select(0, index) for x in self))
-
-
-def _own_and_normaliser(logits: Tensor, lists: RowLists) -> tuple[Tensor, Tensor]:
-    """Each row's logits over its own columns (N, L), -inf on padding, and their logsumexp (N, 1).
-
-    From the logits of the row's own columns alone: no log_softmax over the batch's V' columns first
-    (which only cancels out), and the result depends on no other sentence's list, to the last bit (a cut
-    output layer gives a column the same bits whatever the other columns). O(list), not O(V').
-    """
-    own = logits.gather(1, lists.columns).masked_fill_(~lists.real, NEG_INF)
-    return own, own.logsumexp(dim=1, keepdim=True)
-
-
-def normalise(logits: Tensor, lists: RowLists | None) -> Tensor:
-    """Log-probabilities from a step's logits (N, V'), each row conditioned on its sentence's shortlist:
-    log p(y | y in list), -inf outside it; log_softmax without shortlists. In place with lists."""
-    if lists is None:
-        return F.log_softmax(logits, dim=-1)
-    assert lists.bias is not None, "RowLists.of(..., with_bias=True)"
-    _, norm = _own_and_normaliser(logits, lists)
-    return logits.add_(lists.bias).sub_(norm)
+        return RowLists(*(x.index_select(0, index) for x in self))
 
 
 def own_log_probs(logits: Tensor, lists: RowLists) -> Tensor:
-    """normalise's values on each row's own columns only: (N, V') -> (N, L), in the order of lists.columns,
-    -inf on padding. Greedy search takes its max there, over a tenth of the batch's columns or less."""
-    own, norm = _own_and_normaliser(logits, lists)
-    return own.sub_(norm)
+    """Each row's log p(y | y in its list) over its own columns: logits (N, V') -> (N, L), in the order
+    of lists.columns, -inf on padding. Search ranks these and maps positions back to columns.
+
+    From the logits of the row's own columns alone: no log_softmax over the batch's V' columns first
+    (which only cancels out), nothing computed for columns outside the list, and the result depends on
+    no other sentence's list, to the last bit (a cut output layer gives a column the same bits whatever
+    the other columns). O(list), not O(V').
+    """
+    own = logits.gather(1, lists.columns).masked_fill_(~lists.real, NEG_INF)
+    return own.sub_(own.logsumexp(dim=1, keepdim=True))
 
 
 def token_ids(columns: Tensor, shortlist: Shortlist | None) -> Tensor:

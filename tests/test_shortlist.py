@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nmt_cli.shortlist import (
@@ -9,7 +10,6 @@ from nmt_cli.shortlist import (
     RowLists,
     batch_shortlist,
     build_table,
-    normalise,
     own_log_probs,
     sentence_vocab,
 )
@@ -47,32 +47,36 @@ def test_sentence_and_batch_shortlists():
     assert columns.allowed.tolist() == [[True] * 4 + [True, False], [True] * 4 + [False, True]]
 
 
-def test_normalise_conditions_each_row_on_its_own_list():
+def test_own_log_probs_condition_each_row_on_its_own_list():
     # columns 0..3 are the special ids, in every list; row 1's list leaves out its largest logit, and
-    # what is left would underflow in exp: logsumexp's stable form
+    # what is left would underflow in a plain exp: logsumexp's stable form
     logits = torch.tensor(
         [[-1.0, -2.0, -3.0, -4.0, 0.5, 2.0, -1.5], [-300.0, -200.0, -310.0, -250.0, 80.0, -220.0, -205.0]]
     )
     allowed = torch.tensor([[True] * 4 + [True, False, False], [True] * 4 + [False, True, True]])
     lists = RowLists.of(allowed)
-    got = normalise(logits.clone(), lists)
+    assert lists.columns.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 3, 5, 6]]
     own = own_log_probs(logits.clone(), lists)
     for row in range(2):
+        n = int(allowed[row].sum())
         expected = logits[row][allowed[row]] - logits[row][allowed[row]].logsumexp(0)
-        assert torch.allclose(got[row][allowed[row]], expected)
-        assert torch.all(got[row][~allowed[row]] == float("-inf"))
-        assert torch.equal(own[row][: int(allowed[row].sum())], got[row][allowed[row]])
-    assert own[0, 5] == float("-inf")  # row 0's list is a column shorter: padding
+        assert torch.allclose(own[row, :n], expected)
+        assert torch.all(own[row, n:] == float("-inf"))  # row 0's list is a column shorter: padding
 
 
-def test_normalised_scores_of_a_row_do_not_depend_on_the_other_columns():
+def test_own_log_probs_of_a_row_do_not_depend_on_the_other_columns():
     # a sentence alone (its list is all the columns) and beside another (a wider union): the same bits
     torch.manual_seed(0)
     logits = torch.randn(1, 9) * 5
     mine = torch.tensor([0, 1, 2, 3, 5, 8])
-    alone = normalise(logits[:, mine].clone(), RowLists.of(torch.ones(1, 6, dtype=torch.bool)))
+    alone = own_log_probs(logits[:, mine].clone(), RowLists.of(torch.ones(1, 6, dtype=torch.bool)))
     allowed = torch.zeros(2, 9, dtype=torch.bool)
     allowed[0, mine] = True
     allowed[1] = True
-    beside = normalise(logits.repeat(2, 1), RowLists.of(allowed))
-    assert torch.equal(beside[0, mine], alone[0])
+    beside = own_log_probs(logits.repeat(2, 1), RowLists.of(allowed))
+    assert torch.equal(beside[0, :6], alone[0])  # row 0 is padded to row 1's nine columns
+
+
+def test_row_lists_hold_the_special_ids():
+    with pytest.raises(AssertionError, match="special ids"):
+        RowLists.of(torch.tensor([[True, True, False, True, True]]))
