@@ -20,8 +20,8 @@ ran. NMT_INT8_KERNEL=int_mm or fbgemm picks one, e.g. to get the same output on 
 
 The encoder's LSTMs run a whole sentence per call in oneDNN's fused kernel, which has no int8 form in
 torch. Where the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), --int8 runs them in bfloat16
-(fp32 sums), twice as fast: int8 + shortlist greedy 1.17x over test_2016_flickr, BLEU 40.08 against
-40.10 (bench/profiles.py decode, BENCHMARKS.md); elsewhere bfloat16 would be emulated, and they stay
+(fp32 sums), twice as fast: int8 + shortlist greedy 1.13x over test_2016_flickr, BLEU 40.08 against
+40.10 (bench/decode_ab.sh, BENCHMARKS.md); elsewhere bfloat16 would be emulated, and they stay
 fp32 (ENCODER). The signature says which: int8:int_mm+bf16-encoder. NMT_INT8_ENCODER=bf16 or fp32
 chooses.
 """

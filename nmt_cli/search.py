@@ -213,9 +213,13 @@ def _log_probs(logits: Tensor, lists: RowLists | None) -> Tensor:
     return F.log_softmax(logits, dim=-1) if lists is None else own_log_probs(logits, lists)
 
 
-def _model_columns(rows: Tensor, positions: Tensor, lists: RowLists | None) -> Tensor:
-    """The step-model columns of positions chosen in _log_probs' output, rows and positions (M,)."""
-    return positions if lists is None else lists.columns[rows, positions]
+def _model_columns(positions: Tensor, lists: RowLists | None, rows: Tensor | None = None) -> Tensor:
+    """The step-model columns of positions (M,) chosen in _log_probs' output, one per row or in `rows`."""
+    if lists is None:
+        return positions
+    if rows is None:
+        return lists.columns.gather(1, positions.unsqueeze(1)).squeeze(1)
+    return lists.columns[rows, positions]
 
 
 def _greedy_choice(
@@ -223,7 +227,7 @@ def _greedy_choice(
 ) -> tuple[Tensor, Tensor]:
     """Each row's most likely next token: its log-prob (N,) and step-model column (N,)."""
     best, at = _mask_log_probs(_log_probs(logits, lists), first, cfg).max(dim=1)
-    return best, _model_columns(torch.arange(len(at), device=at.device), at, lists)
+    return best, _model_columns(at, lists)
 
 
 @torch.inference_mode()
@@ -316,7 +320,7 @@ class _Beam(NamedTuple):
 
 
 def _candidate_log_probs(log_probs: Tensor, finished: Tensor, step: int, cfg: DecodeConfig) -> Tensor:
-    """What each row may extend with, in place: log_probs (N, V), finished (N,) -> (N, V)."""
+    """What each row may extend with, in place: log_probs (N, V) or (N, L), finished (N,) -> the same."""
     log_probs = _mask_log_probs(log_probs, step == 0, cfg)
     if finished.any():
         log_probs[finished] = NEG_INF  # a finished row stays in the beam ...
@@ -427,7 +431,7 @@ def beam_search(
         out = model.decode_step(prev, state, enc)
         candidates = _candidate_log_probs(_log_probs(out.logits, lists), beam.finished, t, cfg)
         choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
-        prev = token_ids(_model_columns(choice.parents, choice.positions, lists), shortlist)
+        prev = token_ids(_model_columns(choice.positions, lists, choice.parents), shortlist)
         beam = _advance(beam, choice, prev, candidates, out.attention)
         state = out.state.select(choice.parents)
         finished.add(beam, sents, t)
