@@ -67,7 +67,8 @@ def _kernel() -> str:
     return "fbgemm"
 
 
-def _check_kernel(kernel: str) -> None:
+def _check_settings(kernel: str) -> None:
+    """NMT_INT8_KERNEL and NMT_INT8_ENCODER as read at import, refused with a clear error if unknown."""
     if kernel not in KERNELS:
         raise ConfigError(f"NMT_INT8_KERNEL={kernel!r}: expected one of {', '.join(KERNELS)}")
     if ENCODER not in ENCODER_PRECISIONS:
@@ -246,7 +247,7 @@ def int8_dynamic(model: Seq2Seq) -> Seq2Seq:
     on CPU. The encoder's LSTMs are not stepped in int8: over a whole sentence at once, the fused oneDNN
     kernel runs in less time than stepping int8 products one position at a time (test_2016_flickr,
     base-rnn: 344-408 against 599-620 ms). They run in ENCODER's precision (see the module's docstring)."""
-    _check_kernel(KERNEL)
+    _check_settings(KERNEL)
     names = _called_as_modules(model.eval())
     decoder_lstms = [name for name in names[nn.LSTM] if not name.startswith("encoder.")]
     encoder_lstms = [name for name in names[nn.LSTM] if name.startswith("encoder.")]
