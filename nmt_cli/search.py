@@ -255,7 +255,10 @@ def greedy_refilled(
                 break
             slots = torch.tensor([free.pop() for _ in range(len(group.ids))])
             rows, room = _join(rows, group, slots, cfg), room - len(group.ids)
-            history = history or SlotHistory(capacity, group.enc.memory)
+            # rows hold what they need of it; kept, the group's encoder output would outlive every
+            # compaction of the rows, one more copy of the batch's largest tensors (int8 + shortlist: 11 MB)
+            del group
+            history = history or SlotHistory(capacity, rows.enc.memory)
             history.reserve(int(rows.sents.caps.max()), rows.enc.mask.size(1))
             vocab = None if rows.shortlist is None else rows.shortlist.vocab
             if model is None or vocab is not vocab_of_model:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -477,6 +478,31 @@ def test_sentences_that_join_midway_get_what_they_get_alone(tiny, sentences) -> 
         assert one[0].tokens == refilled[0].tokens and one[0].finished == refilled[0].finished
         assert one[0].score == pytest.approx(refilled[0].score, abs=1e-5)
         assert torch.allclose(one[0].attention, refilled[0].attention, atol=1e-5)
+
+
+def test_greedy_frees_a_groups_encoder_output_once_its_rows_are_compacted(tiny, sentences) -> None:
+    """A sentence that finishes leaves the batch; the batch's first encoder output must go with it, or
+    every compaction holds one more copy of the largest tensors of decoding."""
+    groups, first_memory, alive = [list(range(len(sentences)))], [], []
+
+    def next_group(room: int) -> Group | None:
+        if not groups:
+            return None
+        ids = groups.pop()
+        enc, lengths = encoded(tiny, [sentences[i] for i in ids])
+        first_memory.append(weakref.ref(enc.memory))
+        return Group(enc, lengths, torch.tensor(ids), None)
+
+    class Watched:
+        def decode_step(self, prev, state, enc):
+            alive.append((len(prev), first_memory[0]() is not None))
+            return tiny.decode_step(prev, state, enc)
+
+    n = len(sentences)
+    greedy_refilled(lambda _: Watched(), next_group, n, decode_cfg(), capacity=n, refill=n)
+    assert alive[0] == (n, True)  # the rows start on the group's own tensors
+    assert any(rows < n for rows, _ in alive)  # sentences left mid-way
+    assert all(not kept for rows, kept in alive if rows < n)
 
 
 def test_joined_shortlists_keep_each_rows_columns() -> None:
