@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt_cli.pages import release_file_pages
+
 _LinearOp = Callable[..., Tensor]
 PACKED_ROWS = 64  # the row count a packed weight is tuned for: translate's default batch
 
@@ -211,6 +213,7 @@ class Linear(nn.Linear):
         key = weights_key([self.weight])
         if self._packed is None or self._packed[0] != key:
             self._packed = (key, pack(self.weight))
+            release_file_pages(self.weight)  # products read the packed copy only (see pages)
         return linear_packed(x, self._packed[1], self.bias)
 
     def drop_packed(self) -> None:

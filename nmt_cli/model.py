@@ -30,6 +30,7 @@ from nmt_cli.cell import (
 from nmt_cli.config import ModelConfig
 from nmt_cli.dropout import Dropout
 from nmt_cli.gemm import Linear
+from nmt_cli.pages import release_file_pages
 from nmt_cli.threads import in_parallel
 
 PAD = 0  # the subword module fixes PAD=0, UNK=1, BOS=2, EOS=3; the model only needs PAD
@@ -244,6 +245,9 @@ class Seq2Seq(nn.Module):
                 for i in range(rnn.num_layers)
             ]
             cache["key"] = key
+            for i in range(rnn.num_layers):  # the steps read the packed copies only (see pages)
+                release_file_pages(getattr(rnn, f"weight_ih_l{i}"))
+                release_file_pages(getattr(rnn, f"weight_hh_l{i}"))
         layers: list[tuple[Tensor, Tensor]] = cache["layers"]  # type: ignore[assignment]
         for layer, (weight, bias) in enumerate(layers):
             joined = torch.cat([x, h[layer]], dim=1)

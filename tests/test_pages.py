@@ -1,0 +1,74 @@
+"""A memory-mapped tensor's resident pages are given back only when that loses nothing."""
+
+import os
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from nmt_cli import gemm
+from nmt_cli.checkpoint import load_model
+from nmt_cli.config import DecodeConfig
+from nmt_cli.pages import PAGE, _whole_pages, release_file_pages
+from nmt_cli.translate import translate_lines
+
+pytestmark = pytest.mark.skipif(
+    not os.access("/proc/self/pagemap", os.R_OK), reason="needs Linux's /proc/self/pagemap"
+)
+
+
+def resident_pages(tensor: torch.Tensor) -> int:
+    """How many of the tensor's whole pages this process has in memory now."""
+    start, length = _whole_pages(tensor)
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(start // PAGE * 8)
+        entries = np.frombuffer(pagemap.read(length // PAGE * 8), dtype=np.uint64)
+    return int(((entries >> np.uint64(63)) & np.uint64(1)).sum())
+
+
+@pytest.fixture
+def mapped(tmp_path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 64-page tensor read through a memory-mapped file, as load_model reads weights; and its values."""
+    values = torch.arange(64 * PAGE // 4, dtype=torch.float32)
+    safetensors.torch.save_file({"w": values}, tmp_path / "w.safetensors")
+    tensor = safetensors.torch.load_file(tmp_path / "w.safetensors")["w"]
+    assert torch.equal(tensor, values)  # every page read
+    return tensor, values
+
+
+def test_file_pages_are_given_back_and_read_again(mapped) -> None:
+    tensor, values = mapped
+    pages = _whole_pages(tensor)[1] // PAGE
+    assert pages >= 63 and resident_pages(tensor) == pages
+    assert release_file_pages(tensor) == pages * PAGE
+    assert resident_pages(tensor) == 0
+    assert torch.equal(tensor, values)  # read again from the file
+
+
+def test_pages_written_since_mapping_are_kept(mapped) -> None:
+    tensor, values = mapped
+    middle = slice(len(tensor) // 2, len(tensor) // 2 + 10)
+    tensor[middle] += 1  # that page becomes a private copy: dropping it would undo the write
+    assert release_file_pages(tensor) == 0
+    values[middle] += 1
+    assert torch.equal(tensor, values)
+
+
+def test_memory_of_its_own_is_left_alone() -> None:
+    tensor = torch.randn(64 * PAGE // 4)
+    values = tensor.clone()
+    assert release_file_pages(tensor) == 0
+    assert torch.equal(tensor, values)
+
+
+@pytest.mark.skipif(not gemm.pack_available(), reason="decoding packs no weights without oneDNN")
+def test_decoding_gives_back_the_weights_it_packed(trained) -> None:
+    loaded = load_model(trained)  # memory-mapped
+    model = loaded.model
+    packed_sources = [model.generator.weight, model.decoder_rnn.weight_ih_l0, model.decoder_rnn.weight_hh_l0]
+    plain = [load_model(trained, mapped=False).model.generator.weight]
+    list(translate_lines(iter([["ein Hund läuft .", "zwei Männer"]]), loaded, DecodeConfig()))
+    for weight in packed_sources:
+        assert _whole_pages(weight)[1] and resident_pages(weight) == 0
+    assert torch.equal(model.generator.weight, plain[0])  # the same values, read again from the file
