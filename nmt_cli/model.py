@@ -75,6 +75,13 @@ class EncoderOutput(NamedTuple):
         rows = (x.index_select(0, index) for x in (self.memory, self.keys, self.mask))
         return EncoderOutput(*rows, self.state.select(index))
 
+    def narrow(self, start: int, stop: int) -> EncoderOutput:
+        """Rows start..stop-1 as views of these tensors: nothing is copied, and a range of rows of a
+        contiguous tensor is contiguous."""
+        rows, (h, c, feed) = slice(start, stop), self.state
+        state = DecoderState(h[:, rows], c[:, rows], feed[rows])
+        return EncoderOutput(self.memory[rows], self.keys[rows], self.mask[rows], state)
+
 
 class StepOutput(NamedTuple):
     logits: Tensor  # (N, V) scores before normalisation: search takes log_softmax, or a shortlist's own

@@ -104,8 +104,12 @@ class Group(NamedTuple):
         return Group(self.enc.select(index), self.src_lengths[index], self.ids[index], lists)
 
     def split(self, n: int) -> tuple[Group, Group]:
-        """The first n rows, and the rest."""
-        return self.select(torch.arange(n)), self.select(torch.arange(n, len(self.ids)))
+        """The first n rows, and the rest, as views: a split copies no encoder output."""
+        return self._part(0, n), self._part(n, len(self.ids))
+
+    def _part(self, start: int, stop: int) -> Group:
+        lists = None if self.shortlist is None else self.shortlist.rows(torch.arange(start, stop))
+        return Group(self.enc.narrow(start, stop), self.src_lengths[start:stop], self.ids[start:stop], lists)
 
 
 NextGroup = Callable[[int], "Group | None"]  # up to n more sentences, encoded; None when none are left
@@ -134,27 +138,22 @@ class _Rows(NamedTuple):
         return _Rows(sents, enc.select(index), *kept, lists)
 
 
-def _pad_source(enc: EncoderOutput, width: int) -> EncoderOutput:
-    """enc with its source axis padded to `width` positions (masked out)."""
-    B, S = enc.mask.shape
-    if width == S:
-        return enc
-
-    def pad(x: Tensor) -> Tensor:
-        return torch.cat([x, x.new_zeros(B, width - S, *x.shape[2:])], dim=1)
-
-    return EncoderOutput(pad(enc.memory), pad(enc.keys), pad(enc.mask), enc.state)
+def _cat_rows(a: Tensor, b: Tensor) -> Tensor:
+    """a's rows, then b's, over the wider of their source axes (dim 1), zeros in the padding: written into
+    one new tensor, with no padded copy of either on the way (int8 + shortlist greedy joins: 7.8 MB)."""
+    out = a.new_zeros(len(a) + len(b), max(a.size(1), b.size(1)), *a.shape[2:])
+    out[: len(a), : a.size(1)] = a
+    out[len(a) :, : b.size(1)] = b
+    return out
 
 
 def _cat_encoded(a: EncoderOutput, b: EncoderOutput) -> EncoderOutput:
     """The rows of a, then those of b, over the wider of their source axes."""
-    width = max(a.mask.size(1), b.mask.size(1))
-    a, b = _pad_source(a, width), _pad_source(b, width)
     sa, sb = a.state, b.state
     return EncoderOutput(
-        torch.cat([a.memory, b.memory]),
-        torch.cat([a.keys, b.keys]),
-        torch.cat([a.mask, b.mask]),
+        _cat_rows(a.memory, b.memory),
+        _cat_rows(a.keys, b.keys),
+        _cat_rows(a.mask, b.mask),
         DecoderState(torch.cat([sa.h, sb.h], 1), torch.cat([sa.c, sb.c], 1), torch.cat([sa.feed, sb.feed])),
     )
 

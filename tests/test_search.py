@@ -480,6 +480,19 @@ def test_sentences_that_join_midway_get_what_they_get_alone(tiny, sentences) -> 
         assert torch.allclose(one[0].attention, refilled[0].attention, atol=1e-5)
 
 
+def test_a_group_splits_into_views_of_its_rows(tiny, sentences) -> None:
+    enc, lengths = encoded(tiny, sentences)
+    group = Group(enc, lengths, torch.arange(len(sentences)), None)
+    first, rest = group.split(2)
+    index = torch.arange(2, len(sentences))
+    for part, whole in ((first.enc, enc.select(torch.arange(2))), (rest.enc, enc.select(index))):
+        for x, y in zip((*part[:3], *part.state), (*whole[:3], *whole.state), strict=True):
+            assert torch.equal(x, y)
+    for x, y in zip((*rest.enc[:3], *rest.enc.state), (*enc[:3], *enc.state), strict=True):
+        assert x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()  # nothing copied
+    assert rest.ids.tolist() == index.tolist() and torch.equal(rest.src_lengths, lengths[2:])
+
+
 def test_greedy_frees_a_groups_encoder_output_once_its_rows_are_compacted(tiny, sentences) -> None:
     """A sentence that finishes leaves the batch; the batch's first encoder output must go with it, or
     every compaction holds one more copy of the largest tensors of decoding."""
