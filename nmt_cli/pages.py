@@ -1,4 +1,4 @@
-"""Give back the resident pages of a tensor that lives in a memory-mapped model file and is no longer read.
+"""Give back resident file pages that are no longer read: a mapped model file's, a library's code.
 
 A model file is memory-mapped (checkpoint.load_model) and a page of it counts towards the process's RSS
 from the first read until the mapping goes, which is when the last tensor of the file goes. fp32 decoding
@@ -10,6 +10,9 @@ That is lossless only for pages that are still the file's: a page written since 
 copy, and DONTNEED would throw the write away. So every page of the range is checked first in
 /proc/self/pagemap (bit 61: file page or shared), and a range with any private page is left alone, as
 is everything on systems without these files (nothing happens there).
+
+Library code is never written, and the same holds for it: release_code_pages drops the code that
+importing torch ran once (see cmd_translate), and what runs again maps in again from the page cache.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ def _only_file_pages(start: int, length: int) -> bool:
     return bool(((entries[held] & np.uint64(_FILE_OR_SHARED)) != 0).all())
 
 
+def _dont_need(start: int, length: int) -> bool:
+    """madvise(MADV_DONTNEED) on [start, start + length); whether it was done."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc.madvise(start, length, _MADV_DONTNEED) == 0
+
+
 def release_file_pages(tensor: Tensor) -> int:
     """Drop a CPU tensor's resident file pages from this process when every one of them is still the
     file's (see the module docstring); -> bytes given back (0: nothing done). The tensor's values stay
@@ -55,8 +65,34 @@ def release_file_pages(tensor: Tensor) -> int:
     try:
         if not length or not _only_file_pages(start, length):
             return 0
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return length if libc.madvise(start, length, _MADV_DONTNEED) == 0 else 0
+        return length if _dont_need(start, length) else 0
     except (OSError, AttributeError):  # no pagemap or no madvise here
+        return 0
+
+
+def _executable_mappings(path_part: str) -> list[tuple[int, int]]:
+    """(start, length) of this process's executable file mappings whose path contains path_part."""
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[1] == "r-xp" and path_part in fields[5]:
+                start, end = (int(address, 16) for address in fields[0].split("-"))
+                ranges.append((start, end - start))
+    return ranges
+
+
+def release_code_pages(path_part: str) -> int:
+    """Drop the resident code pages of the libraries whose path contains path_part; -> bytes of the
+    mappings given back. Code is never written, so a page that runs again maps in again from the page
+    cache (a minor fault); the pagemap check still guards against a page made private (a debugger's)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        return sum(
+            length
+            for start, length in _executable_mappings(path_part)
+            if _only_file_pages(start, length) and _dont_need(start, length)
+        )
+    except (OSError, AttributeError):
         return 0

@@ -10,7 +10,7 @@ import torch
 from nmt_cli import gemm
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
-from nmt_cli.pages import PAGE, _whole_pages, release_file_pages
+from nmt_cli.pages import PAGE, _executable_mappings, _whole_pages, release_code_pages, release_file_pages
 from nmt_cli.translate import translate_lines
 
 pytestmark = pytest.mark.skipif(
@@ -72,3 +72,27 @@ def test_decoding_gives_back_the_weights_it_packed(trained) -> None:
     for weight in packed_sources:
         assert _whole_pages(weight)[1] and resident_pages(weight) == 0
     assert torch.equal(model.generator.weight, plain[0])  # the same values, read again from the file
+
+
+def resident_code_pages(path_part: str) -> int:
+    total = 0
+    for start, length in _executable_mappings(path_part):
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(start // PAGE * 8)
+            entries = np.frombuffer(pagemap.read(length // PAGE * 8), dtype=np.uint64)
+        total += int(((entries >> np.uint64(63)) & np.uint64(1)).sum())
+    return total
+
+
+def test_library_code_is_given_back_and_runs_again() -> None:
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib", "")
+    x = torch.randn(64, 512, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(512, 300, generator=torch.Generator().manual_seed(1))
+    before = (x @ w).log_softmax(-1)
+    libtorch = os.path.join(torch_lib, "libtorch_cpu")  # idle OpenMP threads may run other libraries
+    assert resident_code_pages(libtorch) > 0
+    assert release_code_pages(torch_lib) > 0
+    assert resident_code_pages(libtorch) == 0
+    assert torch.equal((x @ w).log_softmax(-1), before)  # the code maps in again as it runs
+    assert resident_code_pages(libtorch) > 0
+    assert release_code_pages("/no/such/library/") == 0
