@@ -153,7 +153,7 @@ def decode_memory(args: argparse.Namespace) -> None:
 
     stage("imports")
     began = time.perf_counter()
-    loaded = for_decoding(load_model(args.model, mapped=not args.int8), args.int8)
+    loaded = for_decoding(load_model(args.model), args.int8)
     stage(f"loaded in {time.perf_counter() - began:.2f} s")
     lines = (DATA / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
     chunks = [lines[i : i + 512] for i in range(0, len(lines), 512)]
@@ -233,7 +233,7 @@ def decode_steps(args: argparse.Namespace) -> None:
     from nmt_cli.translate import for_decoding
 
     # fp32 loads as every revision could, so older checkouts run this too (PYTHONPATH=... python -P)
-    loaded = for_decoding(load_model(args.model, mapped=False), True) if args.int8 else load_model(args.model)
+    loaded = for_decoding(load_model(args.model), True) if args.int8 else load_model(args.model)
     ids, cfg = test_ids(loaded.subword), DecodeConfig(beam_size=args.beam)
     decode_ids(loaded.model, ids[:128], cfg, batch_size=64)
     steps, step = [], Seq2Seq.decode_step

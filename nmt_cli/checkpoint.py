@@ -119,8 +119,9 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
     the weights are not copied: against reading the bytes and copying them into a built model, peak
     RSS drops from 324 to 278 MB and loading from 0.16-0.21 to 0.12-0.13 s for base-rnn. (Building on the meta
     device instead costs a second: the first device context imports half of torch.)
-    mapped=False reads each tensor into memory of its own instead, for a caller that replaces most
-    weights (int8): a mapped page, once read, stays resident as long as any tensor of the file lives.
+    mapped=False reads each tensor into memory of its own instead. A mapped page, once read, stays
+    resident as long as any tensor of the file lives, unless given back (pages.release_file_pages, as
+    the packed fp32 and the int8 layers do with the weights they replace).
     """
     path = str(path)
     _, _, metadata = read_info(path)

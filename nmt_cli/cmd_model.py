@@ -112,7 +112,7 @@ def tune(
     ]
     src_lines, refs = read_parallel(src, ref)
     set_threads(threads)
-    loaded = for_decoding(load_model(model, mapped=not int8), int8)
+    loaded = for_decoding(load_model(model), int8)
     columns = shortlist_setting(loaded, settings[0])
     rows = []
     for cfg in settings:

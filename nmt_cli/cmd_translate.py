@@ -167,7 +167,7 @@ def translate(
         ban_unk=ban_unk,
         shortlist=shortlist,
     )
-    loaded = for_decoding(load_model(model, mapped=not int8), int8)
+    loaded = for_decoding(load_model(model), int8)
     _release_start_up_code()
     signature = decode_signature(loaded, cfg)
     if not quiet:

@@ -41,9 +41,11 @@ from nmt_cli import gemm
 from nmt_cli.cell import gates_to_state
 from nmt_cli.errors import ConfigError
 from nmt_cli.model import Seq2Seq
+from nmt_cli.pages import release_file_pages
 from nmt_cli.threads import in_parallel
 
 _TINY = 1e-12  # an all-zero row gets this scale instead of 0, and quantizes to zeros
+QUANTIZE_ROWS = 256  # rows of a weight quantized at a time (Int8Weight.of)
 KERNELS = ("int_mm", "fbgemm")
 
 
@@ -117,10 +119,17 @@ class Int8Weight(NamedTuple):
 
     @staticmethod
     def of(weight: Tensor) -> Int8Weight:
-        """weight (N, K) -> symmetric int8 with one scale per row (output channel), for KERNEL."""
-        weight = weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp_min(_TINY) / 127.0
-        values = torch.round(weight / scales.unsqueeze(1)).to(torch.int8)
+        """weight (N, K) -> symmetric int8 with one scale per row (output channel), for KERNEL.
+
+        QUANTIZE_ROWS rows at a time: each row's values depend on that row alone, and whole-matrix fp32
+        temporaries (16 MB each for base-rnn's output layer) grew the heap by 45 MB that stayed free."""
+        values = torch.empty(weight.shape, dtype=torch.int8)
+        scales = torch.empty(len(weight))
+        for start in range(0, len(weight), QUANTIZE_ROWS):
+            rows = weight.detach()[start : start + QUANTIZE_ROWS].float()
+            row_scales = rows.abs().amax(dim=1).clamp_min(_TINY) / 127.0
+            values[start : start + len(rows)] = torch.round(rows / row_scales.unsqueeze(1))
+            scales[start : start + len(rows)] = row_scales
         return Int8Weight._made(values, scales, KERNEL)
 
     @staticmethod
@@ -259,6 +268,8 @@ def int8_dynamic(model: Seq2Seq) -> Seq2Seq:
         else:
             new = Int8LSTM(layer) if name in decoder_lstms else Bf16LSTM(layer)
         setattr(model.get_submodule(parent), child, new)
+        for weight in layer.parameters():
+            release_file_pages(weight)  # a mapped model file's pages of it are never read again
     gc.collect()  # the replaced fp32 layers may sit in reference cycles: free their weights now
     return model
 

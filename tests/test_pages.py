@@ -11,6 +11,7 @@ from nmt_cli import gemm
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.pages import PAGE, _executable_mappings, _whole_pages, release_code_pages, release_file_pages
+from nmt_cli.quantize import int8_dynamic
 from nmt_cli.translate import translate_lines
 
 pytestmark = pytest.mark.skipif(
@@ -72,6 +73,14 @@ def test_decoding_gives_back_the_weights_it_packed(trained) -> None:
     for weight in packed_sources:
         assert _whole_pages(weight)[1] and resident_pages(weight) == 0
     assert torch.equal(model.generator.weight, plain[0])  # the same values, read again from the file
+
+
+def test_int8_gives_back_the_mapped_weights_it_replaces(trained) -> None:
+    model = load_model(trained).model  # memory-mapped
+    replaced = [model.generator.weight, model.decoder_rnn.weight_ih_l0]
+    assert all(w.sum() is not None and resident_pages(w) > 0 for w in replaced)  # read once, resident
+    int8_dynamic(model)
+    assert all(_whole_pages(w)[1] and resident_pages(w) == 0 for w in replaced)
 
 
 def resident_code_pages(path_part: str) -> int:

@@ -113,6 +113,17 @@ def test_a_cut_int8_layer_keeps_the_layout_int_mm_runs_fastest(models):
     assert values.t().is_contiguous()  # (K, N') as the transpose of row-major (N', K), as the full layer
 
 
+def test_weights_quantized_a_block_of_rows_at_a_time_equal_the_whole_matrix_formula():
+    weight = torch.randn(quantize.QUANTIZE_ROWS * 2 + 37, 24, generator=torch.Generator().manual_seed(0))
+    weight[5] = 0.0  # an all-zero row quantizes to zeros
+    scales = weight.abs().amax(dim=1).clamp_min(quantize._TINY) / 127.0
+    expected = torch.round(weight / scales.unsqueeze(1)).to(torch.int8)
+    int8 = quantize.Int8Weight.of(weight)
+    assert torch.equal(int8.scales, scales)
+    assert torch.equal(int8.values.t(), expected)
+    assert not int8.values.t()[5].any()
+
+
 def test_int8_frees_the_fp32_layers_it_replaces(trained):
     """Decoding freezes the garbage collector, so the replaced layers must be freed by int8_dynamic."""
     model = load_model(trained, mapped=False).model
