@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# rich.logging and rich.progress are imported where used: `nmt --help` needs neither
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines never wrap mid-line
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Route library logging to stderr through rich: warnings always, info unless quiet."""
+    from rich.logging import RichHandler
+
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -24,6 +29,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def progress(quiet: bool = False) -> Progress:
     """A progress bar on stderr; disabled when stderr is not a terminal or with --quiet."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
