@@ -6,7 +6,7 @@
 #
 # Environment: NMT_DATA (default ../shared/data/multi30k), REPEATS (3), THREADS (2, as OMP_NUM_THREADS),
 # NEW (git revision to measure, default HEAD), OLD (a revision to compare with in the same run, e.g.
-# OLD=HEAD~5; its rows are fp32 only), OLD_MODEL (the model file for OLD when the weight names changed in
+# OLD=HEAD~5; its rows are fp32 only, or every configuration with OLD_ROWS=all), OLD_MODEL (the model file for OLD when the weight names changed in
 # between; default MODEL), K (shortlist entries per source piece, 50).
 #
 # Each revision runs from its own `git archive` copy (PYTHONPATH, python -P), so uncommitted changes in
@@ -68,7 +68,15 @@ CONFIGS=(
 )
 if [ -n "${OLD:-}" ]; then
     OLD_MODEL=$(realpath "${OLD_MODEL:-$MODEL}")
-    CONFIGS+=("greedy          old $OLD_MODEL -b 1" "beam5           old $OLD_MODEL -b 5")
+    if [ "${OLD_ROWS:-fp32}" = all ]; then  # every configuration, each on OLD's copy of the model
+        for config in "${CONFIGS[@]}"; do
+            read -r name _ model options <<< "$config"
+            [ "$model" = "$MODEL" ] && model=$OLD_MODEL
+            CONFIGS+=("$name old $model $options")
+        done
+    else
+        CONFIGS+=("greedy          old $OLD_MODEL -b 1" "beam5           old $OLD_MODEL -b 5")
+    fi
 fi
 
 uptime > "$OUT/load.txt"

@@ -57,14 +57,13 @@ def main(out: Path, repeats: int) -> None:
             f"| {name} | {revs[version]} | {r['whole']:.1f} | {decode} | {r['rss']:.0f} "
             f"| {r['bleu']} | {r['chrf']} |"
         )
-    for name in ("greedy", "beam5"):
-        if (name, "old") in rows:
-            new, old = rows[(name, "new")], rows[(name, "old")]
-            print(
-                f"\n{name}: new/old = {new['decode'] / old['decode']:.2f}x decode only, "
-                f"{new['whole'] / old['whole']:.2f}x whole process",
-                end="",
-            )
+    for name in [n for n, v in rows if v == "old" and (n, "new") in rows]:
+        new, old = rows[(name, "new")], rows[(name, "old")]
+        print(
+            f"\n{name}: new/old = {new['decode'] / old['decode']:.2f}x decode only, "
+            f"{new['whole'] / old['whole']:.2f}x whole process, peak RSS {new['rss'] - old['rss']:+.0f} MB",
+            end="",
+        )
     print()
 
 
