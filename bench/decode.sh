@@ -6,8 +6,9 @@
 #
 # Environment: NMT_DATA (default ../shared/data/multi30k), REPEATS (3), THREADS (2, as OMP_NUM_THREADS),
 # NEW (git revision to measure, default HEAD), OLD (a revision to compare with in the same run, e.g.
-# OLD=HEAD~5; its rows are fp32 only, or every configuration with OLD_ROWS=all), OLD_MODEL (the model file for OLD when the weight names changed in
-# between; default MODEL), K (shortlist entries per source piece, 50).
+# OLD=HEAD~5; its rows are fp32 only, or every configuration with OLD_ROWS=all), OLD_MODEL (the model
+# file for OLD when the weight names changed in between; default MODEL), K (shortlist entries per source
+# piece, 50).
 #
 # Each revision runs from its own `git archive` copy (PYTHONPATH, python -P), so uncommitted changes in
 # the checkout never leak into the figures. Runs are interleaved (every configuration once per repeat)

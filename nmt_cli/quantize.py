@@ -123,10 +123,11 @@ class Int8Weight(NamedTuple):
 
         QUANTIZE_ROWS rows at a time: each row's values depend on that row alone, and whole-matrix fp32
         temporaries (16 MB each for base-rnn's output layer) grew the heap by 45 MB that stayed free."""
+        weight = weight.detach()
         values = torch.empty(weight.shape, dtype=torch.int8)
         scales = torch.empty(len(weight))
         for start in range(0, len(weight), QUANTIZE_ROWS):
-            rows = weight.detach()[start : start + QUANTIZE_ROWS].float()
+            rows = weight[start : start + QUANTIZE_ROWS].float()
             row_scales = rows.abs().amax(dim=1).clamp_min(_TINY) / 127.0
             values[start : start + len(rows)] = torch.round(rows / row_scales.unsqueeze(1))
             scales[start : start + len(rows)] = row_scales
