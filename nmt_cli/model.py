@@ -50,6 +50,12 @@ class DecoderState(NamedTuple):
         h, c = self.h.index_select(1, index), self.c.index_select(1, index)
         return DecoderState(h, c, self.feed.index_select(0, index))
 
+    def moved(self, holes: Tensor, movers: Tensor, count: int) -> DecoderState:
+        """Rows `movers` written over rows `holes` in place, then the first `count` rows (views)."""
+        for rows, dim in ((self.h, 1), (self.c, 1), (self.feed, 0)):
+            rows.index_copy_(dim, holes, rows.index_select(dim, movers))
+        return DecoderState(self.h[:, :count], self.c[:, :count], self.feed[:count])
+
     def repeat_interleave(self, k: int) -> DecoderState:
         """Each row k times in a row (rows b*k .. b*k+k-1 start sentence b's beam)."""
         return DecoderState(
@@ -74,6 +80,15 @@ class EncoderOutput(NamedTuple):
         """
         rows = (x.index_select(0, index) for x in (self.memory, self.keys, self.mask))
         return EncoderOutput(*rows, self.state.select(index))
+
+    def moved(self, holes: Tensor, movers: Tensor, count: int, width: int) -> EncoderOutput:
+        """Rows `movers` written over rows `holes` in place, then the first `count` rows and `width`
+        source positions as views: rows leave without a new copy of the rest. The tensors must belong
+        to this EncoderOutput alone, as greedy search's rows do once they have stepped."""
+        for rows in (self.memory, self.keys, self.mask):
+            rows.index_copy_(0, holes, rows.index_select(0, movers))
+        kept = (x[:count, :width] for x in (self.memory, self.keys, self.mask))
+        return EncoderOutput(*kept, self.state.moved(holes, movers, count))
 
     def narrow(self, start: int, stop: int) -> EncoderOutput:
         """Rows start..stop-1 as views of these tensors: nothing is copied, and a range of rows of a

@@ -528,3 +528,24 @@ def test_joined_shortlists_keep_each_rows_columns() -> None:
     union = _cat_shortlists(a, other)
     assert union.vocab.tolist() == [0, 1, 2, 3, 10, 12]  # 11, which no row of a allows, is dropped
     assert union.allowed.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 1]]
+
+
+def test_greedy_rows_leave_in_place_and_the_callers_encoder_output_stays_as_it_was(tiny, sentences) -> None:
+    enc, lengths = encoded(tiny, sentences)
+    before = [x.clone() for x in (*enc[:3], *enc.state)]
+    seen = []  # (rows, storage of the memory) at each step
+
+    class Watched:
+        def decode_step(self, prev, state, enc):
+            seen.append((len(prev), enc.memory.untyped_storage().data_ptr()))
+            return tiny.decode_step(prev, state, enc)
+
+    n = len(sentences)
+    groups = iter([Group(enc, lengths, torch.arange(n), None)])
+    results = greedy_refilled(lambda _: Watched(), lambda _: next(groups, None), n, decode_cfg(), n, n)
+    assert all(torch.equal(x, y) for x, y in zip(before, (*enc[:3], *enc.state), strict=True))
+    storages = [storage for rows, storage in seen if rows < n]
+    assert len({rows for rows, _ in seen}) > 2  # sentences left at several steps
+    assert storages[0] != enc.memory.untyped_storage().data_ptr()  # copied once, at the first leaving
+    assert len(set(storages)) == 1  # and moved in place ever after
+    assert [r[0].tokens for r in results] == [r[0].tokens for r in greedy(tiny, enc, lengths, decode_cfg())]
