@@ -549,3 +549,26 @@ def test_greedy_rows_leave_in_place_and_the_callers_encoder_output_stays_as_it_w
     assert storages[0] != enc.memory.untyped_storage().data_ptr()  # copied once, at the first leaving
     assert len(set(storages)) == 1  # and moved in place ever after
     assert [r[0].tokens for r in results] == [r[0].tokens for r in greedy(tiny, enc, lengths, decode_cfg())]
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_a_two_layer_decoder_gives_each_sentence_the_same_output_in_any_batch(
+    sentences: list[Tensor], input_feeding: bool
+) -> None:
+    """Rows leave a two-layer state (L, B, H) in place too, and stepping goes on from views of it."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=30, emb_size=8, encoder_hidden=8, decoder_hidden=16, decoder_layers=2,
+        input_feeding=input_feeding, dropout=0.0,
+    )  # fmt: skip
+    model = build_model(cfg).eval()
+    model.reset_parameters(scale=1.0)
+    with torch.no_grad():
+        model.generator.bias[EOS] += 2.0  # some sentences end early, others at their caps
+    search_cfg = decode_cfg(alpha=1.0)
+    alone = decode(model, sentences, search_cfg, batch_size=1)
+    assert len({len(nbest[0].tokens) for nbest in alone}) > 2  # rows leave at different steps
+    batched = decode(model, sentences, search_cfg, batch_size=len(sentences))
+    for one, many in zip(alone, batched, strict=True):
+        assert one[0].tokens == many[0].tokens
+        assert one[0].score == pytest.approx(many[0].score, abs=1e-5)
