@@ -284,14 +284,13 @@ def greedy_refilled(
         if rows is None or not len(rows.prev):
             return results
         assert history is not None and model is not None
-        out = model.decode_step(rows.prev, rows.enc.state, rows.enc)
-        step_log_prob, columns = _greedy_choice(out.logits, rows.sents.lists, rows.steps == 0, cfg)
+        logits, state, attention = model.decode_step(rows.prev, rows.enc.state, rows.enc)
+        step_log_prob, columns = _greedy_choice(logits, rows.sents.lists, rows.steps == 0, cfg)
+        del logits  # not kept while the next step makes its own (as in beam_search)
         prev, log_prob = token_ids(columns, rows.shortlist), rows.log_prob + step_log_prob
-        history.write(rows.slots, rows.steps, prev, step_log_prob, out.attention)
+        history.write(rows.slots, rows.steps, prev, step_log_prob, attention)
         steps = rows.steps + 1
-        rows = rows._replace(
-            enc=rows.enc._replace(state=out.state), prev=prev, log_prob=log_prob, steps=steps
-        )
+        rows = rows._replace(enc=rows.enc._replace(state=state), prev=prev, log_prob=log_prob, steps=steps)
         done = (prev == EOS) | (rows.sents.caps <= steps)
         if done.any():  # finished sentences leave: nothing is computed for them any more
             ended = done.nonzero().flatten()
@@ -449,12 +448,16 @@ def beam_search(
         None if sents.lists is None else sents.lists.select(torch.arange(len(sents.ids)).repeat_interleave(k))
     )
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
-        out = model.decode_step(prev, state, enc)
-        candidates = _candidate_log_probs(_log_probs(out.logits, lists), beam.finished, t, cfg)
+        logits, step_state, attention = model.decode_step(prev, state, enc)
+        # each (N, V) tensor is let go as soon as it is used: with two workers, beam 5's steps held up to
+        # five of them each (logits, log-probs, scores, and the last step's kept while this one ran)
+        candidates = _candidate_log_probs(_log_probs(logits, lists), beam.finished, t, cfg)
+        del logits
         choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
         prev = token_ids(_model_columns(choice.positions, lists, choice.parents), shortlist)
-        beam = _advance(beam, choice, prev, candidates, out.attention)
-        state = out.state.select(choice.parents)
+        beam = _advance(beam, choice, prev, candidates, attention)
+        del candidates
+        state = step_state.select(choice.parents)
         finished.add(beam, sents, t)
         done = _sentences_done(beam, sents, finished, t)
         for b in done.nonzero().flatten().tolist():
