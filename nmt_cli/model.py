@@ -99,7 +99,9 @@ class EncoderOutput(NamedTuple):
 
 
 class StepOutput(NamedTuple):
-    logits: Tensor  # (N, V) scores before normalisation: search takes log_softmax, or a shortlist's own
+    # (N, V) scores before normalisation, a tensor of their own: search takes log_softmax in place over
+    # them, or a shortlist's own
+    logits: Tensor
     state: DecoderState
     attention: Tensor  # (N, S)
 

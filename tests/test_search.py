@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig, ModelConfig
@@ -16,6 +17,7 @@ from nmt_cli.search import (
     Hypothesis,
     Shortlist,
     _cat_shortlists,
+    _log_probs,
     beam_search,
     greedy,
     greedy_refilled,
@@ -572,3 +574,13 @@ def test_a_two_layer_decoder_gives_each_sentence_the_same_output_in_any_batch(
     for one, many in zip(alone, batched, strict=True):
         assert one[0].tokens == many[0].tokens
         assert one[0].score == pytest.approx(many[0].score, abs=1e-5)
+
+
+def test_log_probs_over_all_columns_are_written_over_the_logits_with_log_softmax_bits():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 300) * 6
+    expected = F.log_softmax(logits, dim=-1)
+    mine = logits.clone()
+    log_probs = _log_probs(mine, None)
+    assert log_probs.data_ptr() == mine.data_ptr()  # no second (N, V) tensor
+    assert torch.equal(log_probs, expected)
