@@ -5,7 +5,7 @@ every parallel kernel wakes the sleeping threads, about 100 us each on this kind
 search runs some 30 kernels a step, most of them small element-wise ones that cost less than that on
 one thread. Inside products_in_parallel, torch runs on one thread, and only the products (nn.Linear and
 nn.LSTM calls, and the layers that ask in_parallel) get the threads there were. It serves greedy search
-on one batch (the first of a stream, or one batch in all); with more, decode.decode_ids runs them on
+on one sentence (a stream's lines as they come one at a time); with more, decode.decode_ids runs them on
 worker threads of one thread each, which wake nothing.
 """
 

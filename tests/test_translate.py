@@ -152,6 +152,44 @@ def test_the_first_batch_goes_out_on_its_own(trained, monkeypatch):
 
 
 @pytest.mark.parametrize("beam", [1, 3])
+def test_a_lone_batch_is_shared_by_the_workers_and_one_sentence_stays_on_the_calling_thread(
+    trained, corpus, monkeypatch, beam
+):
+    """A batch smaller than batch_size still goes to the workers (kernels compiled for one thread count
+    only); a single sentence cannot be shared and runs where it was asked for."""
+    import threading
+
+    import torch
+
+    from nmt_cli import decode as decode_module
+
+    loaded, cfg = load_model(trained), DecodeConfig(beam_size=beam)
+    src = [ids for ids in loaded.subword.encode_batch(dev_lines(corpus)) if ids][:5]
+    threads, ran_on = torch.get_num_threads(), []
+    real = decode_module._decode
+
+    def recording(model, ids, *args, **kwargs):
+        ran_on.append((threading.current_thread().name, len(ids)))
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(decode_module, "_decode", recording)
+    try:
+        torch.set_num_threads(2)
+        shared = decode_ids(loaded.model, src, cfg, batch_size=64)
+        assert sorted(n for _, n in ran_on) == [2, 3]
+        assert all(name.startswith("nmt-decode") for name, _ in ran_on)
+        ran_on.clear()
+        one = decode_ids(loaded.model, src[:1], cfg, batch_size=64)
+        assert ran_on == [(threading.current_thread().name, 1)]
+        torch.set_num_threads(1)
+        alone = decode_ids(loaded.model, src, cfg, batch_size=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert [[h.tokens for h in nbest] for nbest in shared] == [[h.tokens for h in nbest] for nbest in alone]
+    assert [h.tokens for h in one[0]] == [h.tokens for h in alone[0]]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
 def test_worker_threads_change_nothing(trained, corpus, monkeypatch, beam):
     """Batches dealt out to two worker threads give what one thread gives, in input order."""
     import threading
