@@ -67,6 +67,23 @@ def test_packed_products_give_each_row_the_same_bits_whatever_the_row_count():
 
 
 @needs_onednn
+def test_packed_products_of_many_rows_run_in_chunks_with_the_same_bits(monkeypatch):
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(40, 24), torch.randn(40), torch.randn(150, 24)
+    packed = gemm.pack(weight)
+    whole = gemm.linear_packed(x, packed, bias)  # 150 rows: 64 + 64 + 22 padded to 24
+    assert torch.allclose(whole, F.linear(x, weight, bias), atol=1e-5)
+    calls = []
+    onednn = gemm._ONEDNN
+    monkeypatch.setattr(gemm, "_ONEDNN", lambda rows, *rest: calls.append(len(rows)) or onednn(rows, *rest))
+    monkeypatch.setattr(gemm, "CHUNK_ROWS", 16)
+    chunked = gemm.linear_packed(x[:37].view(37, 1, 24), packed, bias)
+    assert calls == [16, 16, 8]
+    assert chunked.shape == (37, 1, 40)
+    assert torch.equal(chunked.view(37, 40), whole[:37])
+
+
+@needs_onednn
 def test_decoding_steps_its_lstm_over_packed_weights_as_the_module_would():
     torch.manual_seed(0)
     model = build_model(tiny_model_config(50, input_feeding=True, decoder_layers=2)).eval()
