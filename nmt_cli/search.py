@@ -358,12 +358,20 @@ class _Choice(NamedTuple):
     log_prob: Tensor
 
 
-def _top_k(scores: Tensor, k: int) -> _Choice:
-    """Best k continuations per sentence, over all its rows at once: scores (B'*k, V) raw log-probs."""
-    V = scores.size(1)
-    best, flat = scores.view(-1, k * V).topk(k, dim=1)  # per sentence: never depends on batch-mates
-    first_row = torch.arange(best.size(0), device=scores.device).unsqueeze(1) * k
-    return _Choice((first_row + flat // V).flatten(), (flat % V).flatten(), best.flatten())
+def _top_k(log_prob: Tensor, candidates: Tensor, k: int) -> _Choice:
+    """Best k continuations per sentence, over all its rows at once: log_prob (B'*k,) raw log-probs of the
+    rows, candidates (B'*k, V) of their next tokens.
+
+    A sentence's best k are among each of its rows' own best k (a row adds the same log-prob to all its
+    candidates), so only those k * k sums are made and ranked, never a (B'*k, V) tensor of them.
+    """
+    row_best, row_positions = candidates.topk(min(k, candidates.size(1)), dim=1)  # (B'*k, k')
+    per_row = row_best.size(1)
+    sums = (log_prob.unsqueeze(1) + row_best).view(-1, k * per_row)
+    best, flat = sums.topk(k, dim=1)  # per sentence: never depends on batch-mates
+    first_row = torch.arange(best.size(0), device=sums.device).unsqueeze(1) * k
+    positions = row_positions.view(-1, k * per_row).gather(1, flat)
+    return _Choice((first_row + flat // per_row).flatten(), positions.flatten(), best.flatten())
 
 
 def _advance(beam: _Beam, choice: _Choice, tokens: Tensor, candidates: Tensor, attention: Tensor) -> _Beam:
@@ -454,7 +462,7 @@ def beam_search(
         # five of them each (logits, log-probs, scores, and the last step's kept while this one ran)
         candidates = _candidate_log_probs(_log_probs(logits, lists), beam.finished, t, cfg)
         del logits
-        choice = _top_k(beam.log_prob.unsqueeze(1) + candidates, k)
+        choice = _top_k(beam.log_prob, candidates, k)
         prev = token_ids(_model_columns(choice.positions, lists, choice.parents), shortlist)
         beam = _advance(beam, choice, prev, candidates, attention)
         del candidates

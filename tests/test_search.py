@@ -18,6 +18,7 @@ from nmt_cli.search import (
     Shortlist,
     _cat_shortlists,
     _log_probs,
+    _top_k,
     beam_search,
     greedy,
     greedy_refilled,
@@ -584,3 +585,21 @@ def test_log_probs_over_all_columns_are_written_over_the_logits_with_log_softmax
     log_probs = _log_probs(mine, None)
     assert log_probs.data_ptr() == mine.data_ptr()  # no second (N, V) tensor
     assert torch.equal(log_probs, expected)
+
+
+@pytest.mark.parametrize("columns", [40, 3])  # fewer columns than k: a short shortlist
+def test_top_k_ranks_each_rows_best_k_as_the_whole_sums_would(columns):
+    torch.manual_seed(0)
+    sentences, k = 6, 5
+    log_prob = torch.randn(sentences * k) * 3
+    log_prob[1:k] = float("-inf")  # a first step: one live row
+    log_prob[2 * k] = 50.0  # all of sentence 2's best k continue its first row
+    candidates = torch.randn(sentences * k, columns).log_softmax(dim=1)
+    choice = _top_k(log_prob, candidates, k)
+    sums = (log_prob.unsqueeze(1) + candidates).view(sentences, k * columns)  # what it avoids making
+    best, flat = sums.topk(k, dim=1)
+    assert torch.equal(choice.log_prob, best.flatten())
+    live = best.flatten().isfinite()  # which -inf sum fills an empty place is of no consequence
+    parents = (torch.arange(sentences).unsqueeze(1) * k + flat // columns).flatten()
+    assert torch.equal(choice.parents[live], parents[live])
+    assert torch.equal(choice.positions[live], (flat % columns).flatten()[live])
