@@ -329,7 +329,7 @@ class OutputRows:
         bias = None if layer.bias is None else layer.bias.detach().index_select(0, rows)
         if isinstance(layer, Int8Linear):
             return Int8Linear(layer.weight.columns(rows), bias)
-        return _Linear(layer.weight.detach().index_select(0, rows), bias)
+        return _Linear(layer.weight.detach(), rows, bias)
 
 
 # A packed cut gets zero rows up to a multiple of this: oneDNN compiles and keeps a kernel for every shape
@@ -340,23 +340,27 @@ _CUT_BLOCK = 512
 
 
 class _Linear(nn.Module):
-    """x @ weight.T + bias with given tensors: no random init to throw away, unlike nn.Linear. The weight
-    is packed as gemm.Linear packs its own, so that a cut of every row gives the full layer's bits; the
-    packed copy has zero rows up to a multiple of _CUT_BLOCK, whose outputs are cut off again."""
+    """x @ weight[rows].T + bias, the bias already cut: no random init to throw away, unlike nn.Linear.
+    The rows are packed as gemm.Linear packs its own weight, so that a cut of every row gives the full
+    layer's bits; the packed copy has zero rows up to a multiple of _CUT_BLOCK, whose outputs are cut
+    off again. Only the packed copy is kept: the cut is written once, into the zero-padded buffer."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None):
+    def __init__(self, weight: Tensor, rows: Tensor, bias: Tensor | None):
         super().__init__()
-        self.weight, self.bias = weight, bias
-        self.packed = self.padded_bias = None
-        if gemm.pack_available():
-            n = len(weight)
-            padded = -(-n // _CUT_BLOCK) * _CUT_BLOCK
-            self.packed = gemm.pack(torch.cat([weight, weight.new_zeros(padded - n, weight.size(1))]))
-            if bias is not None:
-                self.padded_bias = torch.cat([bias, bias.new_zeros(padded - n)])
+        self.out_features, self.bias = len(rows), bias
+        self.weight = self.packed = self.padded_bias = None
+        if not gemm.pack_available():
+            self.weight = weight.index_select(0, rows)
+            return
+        padded = -(-len(rows) // _CUT_BLOCK) * _CUT_BLOCK
+        cut = weight.new_zeros(padded, weight.size(1))
+        torch.index_select(weight, 0, rows, out=cut[: len(rows)])
+        self.packed = gemm.pack(cut)
+        if bias is not None:
+            self.padded_bias = torch.cat([bias, bias.new_zeros(padded - len(rows))])
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is None:
             return in_parallel(lambda: gemm.linear(x, self.weight, self.bias))
         out = in_parallel(lambda: gemm.linear_packed(x, self.packed, self.padded_bias))
-        return out[..., : len(self.weight)]
+        return out[..., : self.out_features]

@@ -7,7 +7,7 @@ import weakref
 import pytest
 import torch
 
-from nmt_cli import quantize
+from nmt_cli import gemm, quantize
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import decode_ids, pad_batch
@@ -103,6 +103,17 @@ def test_an_output_layer_cut_to_rows_scores_them_exactly(models, int8):
         assert torch.equal(cut, full) if int8 else torch.allclose(cut, full, rtol=0, atol=1e-5)
         everything = torch.arange(fp32.config.vocab_size)
         assert torch.equal(OutputRows(layer).cut(everything)(hidden), layer(hidden))
+
+
+def test_an_fp32_cut_without_packing_scores_its_rows_from_a_plain_copy(models):
+    fp32, _ = models
+    layer = fp32.model.generator
+    rows = torch.tensor([1, 4, 9, fp32.config.vocab_size - 2])
+    hidden = torch.randn(3, fp32.config.decoder_hidden, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode(), gemm.unpacked():
+        cut = OutputRows(layer).cut(rows)
+        assert cut.packed is None and torch.equal(cut.weight, layer.weight[rows])
+        assert torch.allclose(cut(hidden), layer(hidden)[:, rows], rtol=0, atol=1e-5)
 
 
 def test_a_cut_int8_layer_keeps_the_layout_int_mm_runs_fastest(models):
