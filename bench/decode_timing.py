@@ -16,11 +16,15 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as translate sets it, before torch starts
+try:  # as translate sets the process up, before torch starts
+    from nmt_cli.cpu.process import settings_for_decoding
+except ImportError:  # a revision from before nmt_cli.cpu
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from nmt_cli import gemm
 
-from nmt_cli import gemm  # noqa: E402 - after the environment it reads
-
-gemm.set_cache_capacity(gemm.DECODING_CACHE)
+    gemm.set_cache_capacity(gemm.DECODING_CACHE)
+else:
+    settings_for_decoding()
 
 from nmt_cli.checkpoint import load_model  # noqa: E402
 from nmt_cli.config import DecodeConfig  # noqa: E402

@@ -77,6 +77,12 @@ def base_rnn(updates: int):
     train_cfg = TrainConfig(**train_fields)
     torch.manual_seed(1)
     model = build_model(model_cfg).train()
+    try:  # the CPU swaps, unless NMT_PLAIN=1 (revisions from before nmt_cli.cpu built them in)
+        from nmt_cli.cpu import install
+    except ImportError:
+        pass
+    else:
+        install(model)
     batches = token_batches(examples, train_cfg.batch_tokens, 1234, 0)[: updates + 4]
     batches = [collate([examples[j] for j in indices]) for indices in batches]
     return model, build_optimizer(model, train_cfg), train_cfg, batches
@@ -138,10 +144,10 @@ def profile_decode(args: argparse.Namespace) -> None:
 def decode_memory(args: argparse.Namespace) -> None:
     """RSS and malloc's bytes in use at each stage of translating test_2016_flickr as translate does it
     (one malloc arena, chunks of 512 lines, worker threads), after each chunk."""
-    from nmt_cli.cmd_translate import _one_malloc_arena
+    from nmt_cli.cpu.process import _one_malloc_arena
 
     _one_malloc_arena()  # before any thread starts, as translate
-    from nmt_cli import gemm
+    from nmt_cli.cpu import gemm
 
     gemm.set_cache_capacity(gemm.DECODING_CACHE)  # before the first product, as translate
     from nmt_cli.checkpoint import load_model
@@ -229,14 +235,14 @@ def decode_steps(args: argparse.Namespace) -> None:
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
     from nmt_cli.decode import decode_ids
-    from nmt_cli.model import Seq2Seq
     from nmt_cli.translate import for_decoding
 
     # fp32 loads as every revision could, so older checkouts run this too (PYTHONPATH=... python -P)
     loaded = for_decoding(load_model(args.model), True) if args.int8 else load_model(args.model)
     ids, cfg = test_ids(loaded.subword), DecodeConfig(beam_size=args.beam)
     decode_ids(loaded.model, ids[:128], cfg, batch_size=64)
-    steps, step = [], Seq2Seq.decode_step
+    model_class = type(loaded.model)  # Seq2Seq, or the CPU swaps' subclass
+    steps, step = [], model_class.decode_step
 
     def timed(self, prev, state, enc):  # noqa: ANN001, ANN202 - as Seq2Seq.decode_step
         began = time.perf_counter()
@@ -244,7 +250,7 @@ def decode_steps(args: argparse.Namespace) -> None:
         steps.append((prev.size(0), time.perf_counter() - began))
         return out
 
-    Seq2Seq.decode_step = timed
+    model_class.decode_step = timed
     began = time.perf_counter()
     decode_ids(loaded.model, ids, cfg, batch_size=64)
     total = time.perf_counter() - began
@@ -308,7 +314,7 @@ def int8_threads(args: argparse.Namespace) -> None:
         (64, 256, 1024),
         (128, 256, 2048),
     )
-    from nmt_cli.quantize import KERNEL, Int8Weight, int8_matmul
+    from nmt_cli.cpu.int8 import KERNEL, Int8Weight, int8_matmul
 
     print(f"int8 kernel: {KERNEL}")
     for M, K, N in shapes:
@@ -327,7 +333,7 @@ def int8_pack(args: argparse.Namespace) -> None:
     output (what quantize does): the cost of packing a shortlist cut, and of products with each."""
     import warnings
 
-    from nmt_cli.quantize import _TINY, _fbgemm_pack
+    from nmt_cli.cpu.int8 import _TINY, _fbgemm_pack
 
     torch.set_num_threads(1)
     torch.backends.quantized.engine = "fbgemm"
@@ -369,7 +375,7 @@ def _scaled_products(M: int, K: int, packs: tuple, scales: torch.Tensor, bias: t
 def tanh_rates(args: argparse.Namespace) -> None:
     """us per call of torch.tanh and of nmt_cli.activations.tanh (through sigmoid) at decoding's shapes,
     torch.sigmoid for scale, and the largest error of each against float64 over [-20, 20]."""
-    from nmt_cli.activations import tanh
+    from nmt_cli.cpu.layers import tanh
 
     with torch.inference_mode():
         for rows, cols in ((64, 512), (8, 512), (320, 512)):
@@ -391,7 +397,7 @@ def int8_error(args: argparse.Namespace) -> None:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # noqa: TID251
 
     from nmt_cli.checkpoint import load_model
-    from nmt_cli.quantize import Int8Linear
+    from nmt_cli.cpu.int8 import Int8Linear
 
     layer = load_model(args.model).model.generator
     x = torch.tanh(torch.randn(64, layer.in_features, generator=torch.Generator().manual_seed(0)))
@@ -406,8 +412,8 @@ def int8_error(args: argparse.Namespace) -> None:
 
 def gemm_rates(args: argparse.Namespace) -> None:
     """torch.mm (MKL) against nmt_cli.gemm (oneDNN) on base-rnn's products, and one decoder LSTM step."""
-    from nmt_cli import gemm
-    from nmt_cli.cell import gates_to_state
+    from nmt_cli.cpu import gemm
+    from nmt_cli.cpu.cell import gates_to_state
 
     print(f"products through {gemm.backend()}; ms, GFLOP/s, speed-up")
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -476,7 +482,7 @@ def _malloc_live_mb() -> float:
 def encoder_lstm(args: argparse.Namespace) -> None:
     """One encoder direction of base-rnn (256 -> 256) over a batch, forward and backward: the fused
     nn.LSTM against cell.lstm_sequence, ms per pass and MB its forward keeps for backward."""
-    from nmt_cli.cell import lstm_sequence
+    from nmt_cli.cpu.cell import lstm_sequence
 
     torch.manual_seed(0)
     rnn = torch.nn.LSTM(256, 256, batch_first=True)

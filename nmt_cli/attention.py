@@ -8,15 +8,9 @@ once serves training without input feeding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-
-from nmt_cli.activations import tanh
-from nmt_cli.gemm import Linear
-
-MatVec = Callable[[Tensor, Tensor], Tensor]  # mat (B, S, D), vec (B, D) -> (B, S): the model's cell.matvec
 
 
 def masked_softmax(energies: Tensor, mask: Tensor) -> Tensor:
@@ -34,18 +28,16 @@ class LuongAttention(nn.Module):
         self.kind = kind
         self.scale = 1.0 / math.sqrt(query_size) if kind == "scaled-dot" else 1.0
         # general: W_a h_s is computed once per batch, so each step is a single batched dot product
-        self.key_proj = Linear(memory_size, query_size, bias=False) if kind == "general" else None
+        self.key_proj = nn.Linear(memory_size, query_size, bias=False) if kind == "general" else None
 
     def project_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, M) -> keys (B, S, H)."""
         return self.key_proj(memory) if self.key_proj is not None else memory
 
-    def score(self, query: Tensor, keys: Tensor, matvec: MatVec | None = None) -> Tensor:
-        """query (B, H) or (B, T, H), keys (B, S, H) -> energies (B, S) or (B, T, S); one query per row
-        needs `matvec`, which also defers the keys' gradient while training."""
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        """query (B, H) or (B, T, H), keys (B, S, H) -> energies (B, S) or (B, T, S)."""
         if query.dim() == 2:
-            assert matvec is not None, "one query per row is scored with the caller's matvec"
-            energies = matvec(keys, query)
+            energies = torch.bmm(query.unsqueeze(1), keys.transpose(1, 2)).squeeze(1)
             return energies * self.scale if self.scale != 1.0 else energies
         return torch.bmm(query, keys.transpose(1, 2)) * self.scale
 
@@ -59,19 +51,19 @@ class BahdanauAttention(nn.Module):
 
     def __init__(self, query_size: int, memory_size: int):
         super().__init__()
-        self.key_proj = Linear(memory_size, query_size, bias=False)  # U, once per batch
-        self.query_proj = Linear(query_size, query_size, bias=True)  # W
-        self.v = Linear(query_size, 1, bias=False)
+        self.key_proj = nn.Linear(memory_size, query_size, bias=False)  # U, once per batch
+        self.query_proj = nn.Linear(query_size, query_size, bias=True)  # W
+        self.v = nn.Linear(query_size, 1, bias=False)
 
     def project_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, M) -> keys (B, S, H)."""
         return self.key_proj(memory)
 
-    def score(self, query: Tensor, keys: Tensor, matvec: MatVec | None = None) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
         """query (B, H) or (B, T, H), keys (B, S, H) -> energies (B, S) or (B, T, S)."""
         q = self.query_proj(query)
         if query.dim() == 2:
-            return self.v(tanh(q.unsqueeze(1) + keys)).squeeze(-1)
+            return self.v(torch.tanh(q.unsqueeze(1) + keys)).squeeze(-1)
         return self.v(torch.tanh(q.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
 
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from nmt_cli import gemm
+from nmt_cli import cpu
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import Example, collate, padding_fraction, token_batches
 from nmt_cli.model import build_model
@@ -32,6 +32,7 @@ class TrainBench(NamedTuple):
     tokens_per_step: float
     peak_rss_mb: float
     threads: int
+    kernels: str  # "cpu" with the CPU swaps, "plain" without (NMT_PLAIN=1 or another device)
 
 
 def matmul_rate(size: int = 2048, runs: int = 5, calls: int = 10, product=torch.mm) -> float:  # noqa: ANN001
@@ -47,6 +48,15 @@ def matmul_rate(size: int = 2048, runs: int = 5, calls: int = 10, product=torch.
             product(a, b)
         best = max(best, 2 * size**3 * calls / (time.perf_counter() - began) / 1e9)
     return best
+
+
+def onednn_rate() -> float:
+    """matmul_rate through oneDNN (cpu.gemm.mm), where this torch has it and NMT_PLAIN is not set; else 0."""
+    if not cpu.wanted():
+        return 0.0
+    from nmt_cli.cpu import gemm
+
+    return matmul_rate(product=gemm.mm) if gemm.backend() == "onednn" else 0.0
 
 
 def lstm_macs(inputs: int, hidden: int) -> int:
@@ -84,11 +94,12 @@ def bench_train(
     """Train `steps` real updates on length-bucketed batches; time the ones after the first `skip`."""
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg).train()
+    kernels = cpu.install(model)
     optimizer = build_optimizer(model, train_cfg)
     batches = token_batches(examples, train_cfg.batch_tokens, train_cfg.seed, epoch=0)
     batches = (batches * (steps // len(batches) + 1))[:steps]
     before = matmul_rate()
-    onednn = matmul_rate(product=gemm.mm) if gemm.backend() == "onednn" else 0.0
+    onednn = onednn_rate()
     tokens = steady_tokens = 0
     began = time.perf_counter()
     for i, indices in enumerate(batches):
@@ -120,4 +131,5 @@ def bench_train(
         tokens / steps,
         peak_rss_mb(),
         torch.get_num_threads(),
+        kernels,
     )

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save_file as save_safetensors_file
 
-from nmt_cli import __version__
+from nmt_cli import __version__, cpu
 from nmt_cli.config import ModelConfig, from_json, to_json
 from nmt_cli.errors import CheckpointError, ConfigError, InputError
 from nmt_cli.model import Seq2Seq, build_model
@@ -116,12 +116,8 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
     """Rebuild the model in eval mode from a model.nmt file, without unpickling anything.
 
     The file is memory-mapped (copy on write) and its tensors become the parameters (assign=True), so
-    the weights are not copied: against reading the bytes and copying them into a built model, peak
-    RSS drops from 324 to 278 MB and loading from 0.16-0.21 to 0.12-0.13 s for base-rnn. (Building on the meta
-    device instead costs a second: the first device context imports half of torch.)
-    mapped=False reads each tensor into memory of its own instead. A mapped page, once read, stays
-    resident as long as any tensor of the file lives, unless given back (pages.release_file_pages, as
-    the packed fp32 and the int8 layers do with the weights they replace).
+    the weights are not copied (docs/performance.md, "loading"). mapped=False reads each tensor into
+    memory of its own instead. The CPU swaps are installed (cpu.install; off with NMT_PLAIN=1).
     """
     path = str(path)
     _, _, metadata = read_info(path)
@@ -150,6 +146,7 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
         raise CheckpointError(
             f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}", path
         )
+    cpu.install(model)
     model.eval()
     info = json.loads(metadata.get("info", "{}"))
     return LoadedModel(model, cfg, subword, info, _file_digest(path), extras)

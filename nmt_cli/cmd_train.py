@@ -286,5 +286,6 @@ def bench_train(
         f"oneDNN GFLOP/s\t{r.onednn_gflops:.1f}  "
         f"({100 * r.onednn_fraction:.1f} % of this rate, where the products run)\n"
         f"padding\t{100 * r.padding:.2f} %  ({r.tokens_per_step:.0f} real target tokens per step)\n"
-        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\n"
+        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\nkernels\t{r.kernels}"
+        f"  ({'NMT_PLAIN=1 runs the plain model' if r.kernels == 'cpu' else 'the plain model'})\n"
     )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import io
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,58 +28,12 @@ def _json_line(record: dict[str, Any]) -> str:
     return text + "\n"
 
 
-def _sleeping_idle_threads() -> None:
-    """Idle OpenMP threads sleep instead of spinning, unless OMP_WAIT_POLICY says otherwise.
-
-    Decoding runs many small parallel regions. When other processes share the cores, a spinning thread
-    takes the core its partner needs and every region waits for a time slice: on 2 cores beside one
-    busy process, 2-thread greedy decoding ran at 9-75 lines/s with spinning, 137-153 with sleeping.
-    Must run before torch is first imported (the commands import it lazily), as OpenMP reads it once.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def _one_malloc_arena() -> bool:
-    """glibc's malloc keeps one heap for all threads, unless MALLOC_ARENA_MAX says otherwise; whether set.
-
-    By default each decoding worker thread gets a heap of its own, and freed tensors leave holes in each
-    that the others cannot use: with one, peak RSS over test_2016_flickr fell by 27-64 MB (fp32 greedy
-    497 -> 470, int8 + shortlist beam 5 479 -> 415) at the same speed (3 rounds each). Must run before the
-    worker threads start. Elsewhere than glibc, nothing happens.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1))
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def _release_start_up_code() -> None:
-    """Give back the pages of torch's libraries that importing torch and loading the model ran.
-
-    Importing torch runs code all over its libraries once (static initialisers, Python bindings), and
-    the kernel maps such code in whole folios of up to 2 MB: 90 MB of libtorch_cpu's code are resident
-    after `import torch`, and much of it never runs again. Dropped here, what decoding runs maps in again
-    from the page cache: peak RSS of fp32 greedy decoding over test_2016_flickr fell by 48 MB (BENCHMARKS.md).
-    """
-    import torch
-
-    from nmt_cli.pages import release_code_pages
-
-    release_code_pages(os.path.join(os.path.dirname(torch.__file__), "lib", ""))
-
-
 @contextmanager
 def _collector_skips_what_exists() -> Iterator[None]:
     """The objects that exist now (torch, the model) are left out of garbage collection meanwhile.
 
     They live to the end anyway, and each full collection would scan them all again while decoding
-    makes many short-lived objects: about 0.1 s per 1,000 lines, 8 % of int8 greedy decoding when the
-    decoder LSTM is int8 too (1.2 s), within the noise of the 2.8 s it takes with an fp32 decoder cell.
+    makes many short-lived objects (docs/performance.md, "garbage collection").
     """
     gc.freeze()
     try:
@@ -139,13 +91,10 @@ def translate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No decoding signature or timing on stderr."),
 ) -> None:
     """Translate FILE or stdin: exactly one output line per input line, in order."""
-    _sleeping_idle_threads()
-    _one_malloc_arena()
+    from nmt_cli.cpu.process import release_start_up_code, settings_for_decoding
+
+    settings_for_decoding()  # before torch is first imported
     import time
-
-    from nmt_cli import gemm
-
-    gemm.set_cache_capacity(gemm.DECODING_CACHE)  # before the first product: see gemm
 
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
@@ -168,7 +117,7 @@ def translate(
         shortlist=shortlist,
     )
     loaded = for_decoding(load_model(model), int8)
-    _release_start_up_code()
+    release_start_up_code()
     signature = decode_signature(loaded, cfg)
     if not quiet:
         console.print(signature, markup=False, highlight=False)
@@ -225,7 +174,9 @@ def score(
     Text: `logprob<TAB>n_tokens<TAB>per-token log-probs` (space-separated; EOS counts as a token); an
     empty source line gives an empty line.
     """
-    _sleeping_idle_threads()
+    from nmt_cli.cpu.process import settings_for_decoding
+
+    settings_for_decoding()  # before torch is first imported
     from nmt_cli import __version__
     from nmt_cli.checkpoint import load_model
     from nmt_cli.console import console, setup_logging

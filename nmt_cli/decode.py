@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
-from nmt_cli.model import PAD, Seq2Seq
-from nmt_cli.quantize import OutputRows
+from nmt_cli.cpu import kernels
+from nmt_cli.cpu.threads import decode_in_workers
+from nmt_cli.model import Seq2Seq
 from nmt_cli.search import Group, Hypothesis, greedy_refilled, search
-from nmt_cli.shortlist import LexicalTable, batch_shortlist, with_output_layer
-from nmt_cli.threads import products_in_parallel
+from nmt_cli.shortlist import LexicalTable, OutputRows, batch_shortlist, with_output_layer
+from nmt_cli.vocab import PAD
 
 REFILL_PARTS = 4  # greedy brings in new sentences once a quarter of the batch has finished
-# Decoding on the CPU runs up to this many workers side by side, each over its own batches; past it, each
-# worker gets several threads instead (every worker keeps a batch's tensors in memory).
-MAX_WORKERS = 4
 
 
 class ShortlistSetting(NamedTuple):
@@ -60,76 +57,19 @@ def decode_ids(
 
     Greedy search keeps up to batch_size sentences stepping and brings in more, longest first, as
     others finish; beam search takes length-sorted batches of batch_size. With a shortlist, the output
-    layer covers only the union of the shortlists of the sentences being stepped.
-
-    On the CPU, the sentences are dealt out to one worker thread per torch thread (up to MAX_WORKERS), each
-    batching its own and running them on one thread. A step is some 30 kernels, most of them too small
-    to split; one thread per worker never waits for another at the end of a kernel, where splitting each
-    kernel over sleeping OpenMP threads pays about 0.1 ms per kernel to wake them, and spinning ones are
-    ruinous as soon as another process wants the cores. torch's kernels run without the GIL.
+    layer covers only the union of the shortlists of the sentences being stepped. With the CPU swaps
+    installed, the sentences are shared out among worker threads (cpu.threads.decode_in_workers).
     """
     assert all(src_ids), "empty sources are skipped by the caller"
-    workers = _workers(model, len(src_ids))
-    if workers == 1:
-        return _decode(model, src_ids, cfg, batch_size, shortlist)
-    # A beam batch has k rows per sentence, so the workers share batch_size between them: their products
-    # stay large, and decoding holds about one batch's tensors, as on one thread (fp32 beam 5: 588-597
-    # against 722-739 MB, at 1.02-1.15x). Greedy rows are too few for that (0.80-0.88x).
-    size = batch_size if cfg.beam_size == 1 else -(-batch_size // workers)
-    # sentences dealt out in length order: each worker gets as many, long and short alike, and makes its
-    # own batches of them, so no worker waits long for another at the end
-    order = length_order([len(s) for s in src_ids])
-    parts = [order[w::workers] for w in range(workers)]
-    threads = torch.get_num_threads()
 
-    def work(indices: list[int]) -> list[list[Hypothesis]]:
-        torch.set_num_threads(max(1, threads // workers))  # this thread's own setting
-        with torch.inference_mode():  # grad mode is per thread
-            return _decode(model, [src_ids[i] for i in indices], cfg, size, shortlist, worker=True)
+    def decode_part(part: Sequence[Sequence[int]], size: int) -> list[list[Hypothesis]]:
+        if cfg.beam_size == 1:
+            return _greedy(model, part, cfg, size, shortlist)
+        return _beam(model, part, cfg, size, shortlist)
 
-    results: list[list[Hypothesis]] = [[] for _ in src_ids]
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="nmt-decode") as pool:
-            for indices, nbests in zip(parts, pool.map(work, parts), strict=True):
-                for i, nbest in zip(indices, nbests, strict=True):
-                    results[i] = nbest
-    finally:
-        torch.set_num_threads(threads)  # torch also keeps the last setting process-wide for new threads
-    return results
-
-
-def _workers(model: Seq2Seq, sentences: int) -> int:
-    """Worker threads for decoding: one per torch thread, up to MAX_WORKERS and the number of sentences;
-    one on a GPU.
-
-    A lone batch too is shared out, not run on the calling thread with its products on all threads:
-    oneDNN compiles and keeps a kernel per product shape and thread count, so the first batch of a run
-    (translate sends it alone, for an early first line) had every shape compiled twice, once for two
-    threads and again for the workers' one. Shared out, over test_2016_flickr: greedy 132 -> 80 kernels,
-    peak RSS fp32 greedy 364-369 -> 346-354 MB, beam 5 425-444 -> 370-382, the same output, and the
-    first line no later (2.2-3.0 -> 2.0-2.9 s).
-    """
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        return 1
-    return max(1, min(torch.get_num_threads(), MAX_WORKERS, sentences))
-
-
-def _decode(
-    model: Seq2Seq,
-    src_ids: Sequence[Sequence[int]],
-    cfg: DecodeConfig,
-    batch_size: int,
-    shortlist: ShortlistSetting | None,
-    worker: bool = False,
-) -> list[list[Hypothesis]]:
-    """decode_ids on the calling thread. A worker leaves the threads as they are: products_in_parallel
-    hooks the model, which the other workers share."""
-    if cfg.beam_size == 1 and not worker:
-        # one sentence, or one thread in all: one thread but for the products (on a lone batch of 64,
-        # against all threads for every kernel: int8 1.4x, fp32 1.0x; beam 5 fp32 0.93x, so not there)
-        with products_in_parallel(model):
-            return _greedy(model, src_ids, cfg, batch_size, shortlist)
-    return _beam(model, src_ids, cfg, batch_size, shortlist)
+    if kernels(model) == "cpu":
+        return decode_in_workers(model, src_ids, cfg.beam_size == 1, batch_size, decode_part)
+    return decode_part(src_ids, batch_size)
 
 
 def _beam(
@@ -191,6 +131,6 @@ def _greedy(
 
     # A quarter of the batch at a time: fewer, larger joins against steps that run below capacity
     # meanwhile. With a shortlist, a join redoes the batch's column lists, which cost more than the
-    # emptier steps they save (int8 greedy 0.8x), so its batches run until their last sentence is done.
+    # emptier steps they save, so its batches run until their last sentence is done.
     refill = batch_size if shortlist is not None else max(1, batch_size // REFILL_PARTS)
     return greedy_refilled(model_for, next_group, len(src_ids), cfg, batch_size, refill)

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.model import EncoderOutput
+from nmt_cli.vocab import BOS, EOS, PAD, UNK  # noqa: F401 - search imports them from here
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3  # fixed by the subword module, which this layer may not import
 NEG_INF = float("-inf")
 
 

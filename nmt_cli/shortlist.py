@@ -10,7 +10,6 @@ conditions each sentence on its own list, so batch-mates never change a translat
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nmt_cli.cpu.private import with_module
 from nmt_cli.model import Seq2Seq
 
 NEG_INF = float("-inf")
@@ -155,9 +155,7 @@ def with_output_layer(model: Seq2Seq, output: nn.Module) -> Seq2Seq:
     decode_step then scores only the output layer's rows, with the model's own code for the rest of the
     step; the model itself is left untouched, so other batches and threads still see the full layer.
     """
-    view = copy.copy(model)  # shallow: the same parameters and submodules
-    view._modules = {**model._modules, "generator": output}  # its own module table, one entry changed
-    return view
+    return with_module(model, "generator", output)  # type: ignore[return-value]
 
 
 def coverage(
@@ -172,3 +170,31 @@ def coverage(
         total += len(tgt)
         size += len(vocab)
     return inside / max(total, 1), size / max(len(pairs), 1)
+
+
+class RowsLinear(nn.Module):
+    """x @ weight[rows].T + bias[rows]: an output layer cut to some rows, without a random init to throw
+    away (unlike nn.Linear)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class OutputRows:
+    """An output layer, from which cut(rows) makes a layer for a subset of its rows (output pieces)."""
+
+    def __init__(self, linear: nn.Module):
+        self.layer = linear
+
+    def cut(self, rows: Tensor) -> nn.Module:
+        """The layer for output rows `rows` (V',): the same weights (a swapped layer, int8 or packed,
+        cuts itself in its own form), so the cut gives exactly the full layer's scores for those rows."""
+        own_cut = getattr(self.layer, "cut", None)
+        if own_cut is not None:
+            return own_cut(rows)
+        bias = None if self.layer.bias is None else self.layer.bias.detach().index_select(0, rows)
+        return RowsLinear(self.layer.weight.detach().index_select(0, rows), bias)

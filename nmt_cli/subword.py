@@ -15,12 +15,11 @@ import sentencepiece as spm
 from nmt_cli.config import SubwordConfig
 from nmt_cli.errors import CheckpointError, ConfigError, InputError
 from nmt_cli.textio import atomic_write, iter_lines, open_binary
+from nmt_cli.vocab import BOS, EOS, PAD, SPECIAL_IDS, UNK  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 # Fixed so that the model, the batches and the search agree without reading the vocabulary.
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-SPECIAL_IDS = (PAD, UNK, BOS, EOS)
 NUM_THREADS = 2  # the training machines have 2 cores shared with others
 MAX_SENTENCES = 1_000_000  # a larger sample barely changes the vocabulary but costs memory and time
 SAMPLE_SEED = 1234

@@ -10,12 +10,12 @@ from typing import NamedTuple
 
 import torch
 
-from nmt_cli import __version__, gemm
+from nmt_cli import __version__, cpu
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
 from nmt_cli.data import Batch, Example, collate, load_parallel, token_batches
 from nmt_cli.errors import ConfigError
-from nmt_cli.loss import backward_in_chunks, validate
+from nmt_cli.loss import backward, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
 from nmt_cli.run_files import (
     Counters,
@@ -97,18 +97,21 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
     log.info("training pairs: %d kept of %d (%s)", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
     model = build_model(run.model_cfg)
+    kernels = cpu.install(model)
     optimizer = build_optimizer(model, cfg)
     c = restore(out / "trainer_state.pt", model, optimizer, run.model_cfg) if resume else Counters()
     log.info(
-        "model: %s parameters, %s attention, input feeding %s",
+        "model: %s parameters, %s attention, input feeding %s, kernels %s",
         f"{count_parameters(model):,}",
         run.model_cfg.attention,
         "on" if run.model_cfg.input_feeding else "off",
+        kernels,
     )
     info_base = {
         "data": {k: file_facts(v) for k, v in asdict(run.data).items() if v},
         "train_config": to_json(cfg),
         "parameters": count_parameters(model),
+        "kernels": kernels,
         "nmt": __version__,
         "torch": torch.__version__,
     }
@@ -224,11 +227,10 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss = backward_in_chunks(model, batch, cfg.label_smoothing)
+    loss = backward(model, batch, cfg.label_smoothing)
     if cfg.clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
     optimizer.step()
-    gemm.weights_changed()  # fused Adam leaves the version counters: packed copies must not trust them
     return loss / batch.n_tokens
 
 

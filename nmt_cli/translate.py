@@ -8,14 +8,14 @@ from typing import NamedTuple
 
 import torch
 
-from nmt_cli import __version__
+from nmt_cli import __version__, cpu
 from nmt_cli.checkpoint import LoadedModel
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.quantize import OutputRows, int8_dynamic, int8_label
+from nmt_cli.model import Seq2Seq
 from nmt_cli.search import Hypothesis
-from nmt_cli.shortlist import LexicalTable
+from nmt_cli.shortlist import LexicalTable, OutputRows
 from nmt_cli.subword import BOS, EOS
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,14 @@ def decode_signature(loaded: LoadedModel, cfg: DecodeConfig) -> str:
     """Which model and search settings produced a translation, in sacrebleu's signature style."""
     search = "greedy" if cfg.beam_size == 1 else "beam"
     lp = f"{cfg.length_penalty}" + ("gnmt" if cfg.length_penalty_type == "gnmt" else "")
-    int8 = int8_label(loaded.model)
+    int8 = _int8_label(loaded.model)
     unk = "|unk:ban" if cfg.ban_unk else ""
     lex = LexicalTable.from_tensors(loaded.extras)
     shortlist = f"{cfg.shortlist}+{len(lex.frequent)}" if cfg.shortlist and lex is not None else "no"
     return (
         f"decode|model:{loaded.digest}|search:{search}|beam:{cfg.beam_size}|lp:{lp}"
         f"|maxlen:{cfg.max_len_a}x+{cfg.max_len_b}{unk}|int8:{int8 or 'no'}"
-        f"|shortlist:{shortlist}|nmt:{__version__}"
+        f"|shortlist:{shortlist}|kernels:{cpu.kernels(loaded.model)}|nmt:{__version__}"
     )
 
 
@@ -216,4 +216,21 @@ def score_lines(
 
 def for_decoding(loaded: LoadedModel, int8: bool) -> LoadedModel:
     """The loaded model as decoding will run it: with int8 LSTM and Linear layers when asked."""
-    return loaded._replace(model=int8_dynamic(loaded.model)) if int8 else loaded
+    if not int8:
+        return loaded
+    if cpu.kernels(loaded.model) != "cpu":
+        raise ConfigError(
+            f"--int8 is a CPU speed-up: it needs the model on the CPU and {cpu.OFF_SWITCH} unset"
+        )
+    from nmt_cli.cpu.int8 import int8_dynamic
+
+    return loaded._replace(model=int8_dynamic(loaded.model))
+
+
+def _int8_label(model: Seq2Seq) -> str | None:
+    """What --int8 made of the model, for the decoding signature; None without int8 layers."""
+    if cpu.kernels(model) != "cpu":
+        return None
+    from nmt_cli.cpu.int8 import int8_label
+
+    return int8_label(model)

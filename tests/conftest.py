@@ -44,6 +44,24 @@ def subword(corpus) -> Subword:
     return Subword.from_bytes(train_spm([corpus.train_src, corpus.train_tgt], SubwordConfig(vocab_size=200)))
 
 
+def cpu_model(cfg: ModelConfig):
+    """build_model(cfg) with the CPU swaps installed, whatever NMT_PLAIN says (tests of the swaps)."""
+    from nmt_cli.cpu.model import CpuEncoder, CpuSeq2Seq
+    from nmt_cli.model import build_model
+
+    model = build_model(cfg)
+    saved = os.environ.pop("NMT_PLAIN", None)
+    try:
+        from nmt_cli import cpu
+
+        cpu.install(model)
+    finally:
+        if saved is not None:
+            os.environ["NMT_PLAIN"] = saved
+    assert isinstance(model, CpuSeq2Seq) and isinstance(model.encoder, CpuEncoder)
+    return model
+
+
 def tiny_model_config(vocab_size: int, **overrides) -> ModelConfig:
     base = dict(
         vocab_size=vocab_size,

@@ -14,9 +14,9 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from nmt_cli import quantize
 from nmt_cli.checkpoint import load_model
 from nmt_cli.cli import app
+from nmt_cli.cpu import int8 as quantize
 from nmt_cli.textio import read_lines
 from nmt_cli.translate import score_lines
 
@@ -211,7 +211,7 @@ def test_tune_with_int8_and_a_shortlist_scores_what_translate_outputs(trained, c
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's arena setting is glibc's")
 def test_translate_asks_for_one_malloc_arena_unless_the_user_chose():
-    code = "from nmt_cli.cmd_translate import _one_malloc_arena; print(_one_malloc_arena())"
+    code = "from nmt_cli.cpu.process import _one_malloc_arena; print(_one_malloc_arena())"
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     for extra, expected in (({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False")):
         out = subprocess.run(

@@ -5,6 +5,7 @@ import torch
 
 from nmt_cli.config import ModelConfig
 from nmt_cli.model import EncoderOutput, build_model, count_parameters
+from tests.conftest import cpu_model
 
 ATTENTIONS = ["bahdanau", "dot", "general", "scaled-dot"]
 
@@ -110,7 +111,7 @@ def deferred_pieces(request, monkeypatch):
     """At toy size every sequence fits in one input-projection product and one weight-gradient flush;
     "in pieces" makes both a few rows long, so that the pieces' sums are tested too."""
     if request.param == "in pieces":
-        import nmt_cli.cell as cell
+        import nmt_cli.cpu.cell as cell
 
         monkeypatch.setattr(cell, "PROJECTION_STEPS", 4)
         monkeypatch.setattr(cell, "FLUSH_ROWS", 4)
@@ -121,7 +122,7 @@ def deferred_pieces(request, monkeypatch):
 def test_fast_training_forward_has_the_plain_gradients(attention, input_feeding, deferred_pieces):
     # teacher_force precomputes input projections, defers weight gradients (input feeding) or runs the
     # decoder in one call (no input feeding); loss and every gradient must equal the plain step loop's
-    model = build_model(tiny_config(attention=attention, input_feeding=input_feeding)).train()
+    model = cpu_model(tiny_config(attention=attention, input_feeding=input_feeding)).train()
     src, lengths, tgt_in = toy_batch()
     tgt_out = torch.roll(tgt_in, -1, dims=1)
     fast = torch.nn.functional.nll_loss(
@@ -140,7 +141,7 @@ def test_fast_training_forward_has_the_plain_gradients(attention, input_feeding,
 
 
 def test_lstm_pointwise_part_is_nn_lstms_with_and_without_autograd():
-    from nmt_cli.cell import gates_to_state
+    from nmt_cli.cpu.cell import gates_to_state
 
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(5, 4, batch_first=True)
@@ -161,7 +162,7 @@ def test_lstm_pointwise_part_is_nn_lstms_with_and_without_autograd():
 @pytest.mark.parametrize("length", [1, 6])
 def test_lstm_stepped_by_hand_has_nn_lstms_outputs_and_gradients(length, deferred_pieces):
     # the encoder trains through lstm_sequence and decodes through the module: both must be one function
-    from nmt_cli.cell import lstm_sequence
+    from nmt_cli.cpu.cell import lstm_sequence
 
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(5, 4, batch_first=True)
@@ -184,12 +185,12 @@ def test_the_encoder_steps_its_lstm_by_hand_only_where_it_trains_a_wide_one(
     monkeypatch, hidden, grad, stepped
 ):
     # by hand it keeps a third of the fused kernel's memory; below 256 units it costs more time than it saves
-    import nmt_cli.model as model_module
+    import nmt_cli.cpu.model as model_module
 
     calls = []
     real = model_module.lstm_sequence
     monkeypatch.setattr(model_module, "lstm_sequence", lambda rnn, x: calls.append(rnn) or real(rnn, x))
-    model = build_model(tiny_config(encoder_hidden=hidden, encoder_layers=1)).train()
+    model = cpu_model(tiny_config(encoder_hidden=hidden, encoder_layers=1)).train()
     src, lengths, _ = toy_batch()
     with torch.set_grad_enabled(grad):
         model.encode(src, lengths)

@@ -166,13 +166,13 @@ def test_a_lone_batch_is_shared_by_the_workers_and_one_sentence_stays_on_the_cal
     loaded, cfg = load_model(trained), DecodeConfig(beam_size=beam)
     src = [ids for ids in loaded.subword.encode_batch(dev_lines(corpus)) if ids][:5]
     threads, ran_on = torch.get_num_threads(), []
-    real = decode_module._decode
+    real = decode_module._greedy if beam == 1 else decode_module._beam
 
     def recording(model, ids, *args, **kwargs):
         ran_on.append((threading.current_thread().name, len(ids)))
         return real(model, ids, *args, **kwargs)
 
-    monkeypatch.setattr(decode_module, "_decode", recording)
+    monkeypatch.setattr(decode_module, "_greedy" if beam == 1 else "_beam", recording)
     try:
         torch.set_num_threads(2)
         shared = decode_ids(loaded.model, src, cfg, batch_size=64)
@@ -201,13 +201,13 @@ def test_worker_threads_change_nothing(trained, corpus, monkeypatch, beam):
     loaded, cfg = load_model(trained), DecodeConfig(beam_size=beam)
     src = [ids for ids in loaded.subword.encode_batch(dev_lines(corpus)) if ids]
     threads, ran_on = torch.get_num_threads(), set()
-    real = decode_module._decode
+    real = decode_module._greedy if beam == 1 else decode_module._beam
 
     def recording(model, ids, *args, **kwargs):
         ran_on.add(threading.current_thread().name)
         return real(model, ids, *args, **kwargs)
 
-    monkeypatch.setattr(decode_module, "_decode", recording)
+    monkeypatch.setattr(decode_module, "_greedy" if beam == 1 else "_beam", recording)
     try:
         torch.set_num_threads(1)
         alone = decode_ids(loaded.model, src, cfg, batch_size=4)

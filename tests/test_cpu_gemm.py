@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt_cli import gemm
-from nmt_cli.model import build_model
-from tests.conftest import tiny_model_config
+from nmt_cli.cpu import gemm
+from tests.conftest import cpu_model, tiny_model_config
 
 needs_onednn = pytest.mark.skipif(gemm.backend() != "onednn", reason="this torch build has no oneDNN linear")
 
@@ -74,8 +73,10 @@ def test_packed_products_of_many_rows_run_in_chunks_with_the_same_bits(monkeypat
     whole = gemm.linear_packed(x, packed, bias)  # 150 rows: 64 + 64 + 22 padded to 24
     assert torch.allclose(whole, F.linear(x, weight, bias), atol=1e-5)
     calls = []
-    onednn = gemm._ONEDNN
-    monkeypatch.setattr(gemm, "_ONEDNN", lambda rows, *rest: calls.append(len(rows)) or onednn(rows, *rest))
+    onednn = gemm._ONEDNN.op
+    monkeypatch.setattr(
+        gemm._ONEDNN, "op", lambda rows, *rest: calls.append(len(rows)) or onednn(rows, *rest)
+    )
     monkeypatch.setattr(gemm, "CHUNK_ROWS", 16)
     chunked = gemm.linear_packed(x[:37].view(37, 1, 24), packed, bias)
     assert calls == [16, 16, 8]
@@ -86,7 +87,7 @@ def test_packed_products_of_many_rows_run_in_chunks_with_the_same_bits(monkeypat
 @needs_onednn
 def test_decoding_steps_its_lstm_over_packed_weights_as_the_module_would():
     torch.manual_seed(0)
-    model = build_model(tiny_model_config(50, input_feeding=True, decoder_layers=2)).eval()
+    model = cpu_model(tiny_model_config(50, input_feeding=True, decoder_layers=2)).eval()
     src = torch.randint(4, 50, (5, 7))
     with torch.inference_mode():
         enc = model.encode(src, torch.full((5,), 7))
@@ -109,13 +110,13 @@ def _in_fresh_python(code: str, **env: str) -> str:
 
 
 def test_nmt_gemm_torch_keeps_products_on_torch():
-    code = "from nmt_cli import gemm; print(gemm.backend(), gemm.pack_available())"
+    code = "from nmt_cli.cpu import gemm; print(gemm.backend(), gemm.pack_available())"
     assert _in_fresh_python(code, NMT_GEMM="torch") == "torch False"
 
 
 def test_cache_capacity_defaults_to_trainings_and_never_overrides_the_users():
     code = (
-        "import os; from nmt_cli import gemm; v = 'ONEDNN_PRIMITIVE_CACHE_CAPACITY'; a = os.environ[v];"
+        "import os; from nmt_cli.cpu import gemm; v = 'ONEDNN_PRIMITIVE_CACHE_CAPACITY'; a = os.environ[v];"
         "gemm.set_cache_capacity(gemm.DECODING_CACHE); print(a, os.environ[v])"
     )
     assert _in_fresh_python(code) == f"{gemm.TRAINING_CACHE} {gemm.DECODING_CACHE}"
@@ -129,7 +130,7 @@ def test_a_training_update_renews_the_packed_weights_validation_decodes_with():
     from nmt_cli.train import build_optimizer, train_step
 
     torch.manual_seed(0)
-    model = build_model(tiny_model_config(50, input_feeding=True))
+    model = cpu_model(tiny_model_config(50, input_feeding=True))
     cfg = TrainConfig(optimizer="adam", lr=0.05)
     optimizer = build_optimizer(model, cfg)  # fused Adam: it does not bump the weights' version counters
     batch = collate([Example([5, 6, 7, 8], [9, 10, 11], 1), Example([12, 13], [14, 15, 16, 17], 2)])
@@ -156,7 +157,7 @@ def test_validation_during_training_leaves_no_packed_copies_behind(corpus, subwo
     from nmt_cli.data import load_parallel
     from nmt_cli.loss import validate
 
-    model = build_model(tiny_model_config(subword.vocab_size, input_feeding=True)).train()
+    model = cpu_model(tiny_model_config(subword.vocab_size, input_feeding=True)).train()
     dev, _ = load_parallel(corpus.dev_src, corpus.dev_tgt, subword, 100)
 
     def packed_copies() -> int:

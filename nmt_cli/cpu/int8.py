@@ -1,29 +1,20 @@
-"""int8 decoding on CPU: weights per output channel, activations per row, products summed exactly in int32.
+"""int8 decoding on CPU (`--int8`): weights per output channel, activations per row, exact int32 sums.
 
 Each Linear and LSTM layer that decoding calls gets its weights quantized once (symmetric, one scale per
-output channel); each row of an input is quantized as it comes, with its own scale, and torch._int_mm
-multiplies in int8 with int32 sums (Jacob et al. 2018). A row's result depends on that row alone, so
-int8 output does not change with batch size or batch-mates. With torch.ao's dynamic quantization the
-batch's largest activation sets every row's scale: 151 of the 1,000 test_2016_flickr lines came out
-differently at batch size 1 and 64. One scale per row is also a little finer than torch.ao's 7-bit
-per-tensor activations (bench/profiles.py int8-error). A shortlist takes a subset of an int8 layer's
-columns as they are: the cut layer gives exactly the full layer's scores for those rows.
+output channel); each row of an input is quantized as it comes, with its own scale, and the product runs
+in int8 with int32 sums (Jacob et al. 2018). A row's result depends on that row alone, so int8 output does
+not change with batch size or batch-mates (torch.ao's dynamic quantization lets the batch's largest
+activation set every row's scale). A shortlist takes a subset of an int8 layer's columns as they are.
 
-Two kernels run the int8 products (KERNEL). torch._int_mm is fast where oneDNN has its AVX-512 int8 code,
-and a plain loop elsewhere: on an AVX2-only AMD EPYC, 64 x 512 x 8000 took 287-291 ms against 12-20 in
-fp32. There, fbgemm's int8 product (torch's quantized linear, AVX2 code) runs instead, at 6.2 ms. It quantizes
-its input with one range for all rows; each row is scaled to [-1, 1] first, and two rows of +1 and -1
-are added, so that range is always [-1, 1] and a row's result still depends on that row alone. fbgemm
-keeps activations to 7 bits (its AVX2 code sums pairs of products in 16 bits), half the resolution of
-the _int_mm path: the two kernels give slightly different numbers, and the decoding signature says which
-ran. NMT_INT8_KERNEL=int_mm or fbgemm picks one, e.g. to get the same output on two kinds of CPU.
+Two kernels run the int8 products (KERNEL): torch's _int_mm where oneDNN has its AVX-512 int8 code, and
+fbgemm's quantized linear elsewhere (AVX2), which quantizes its input with one range for all rows: each row
+is scaled to [-1, 1] first and two fence rows of +1 and -1 are added, so a row's result still depends on
+that row alone. fbgemm keeps activations to 7 bits, so the two kernels give slightly different numbers;
+the decoding signature says which ran, and NMT_INT8_KERNEL=int_mm or fbgemm picks one.
 
 The encoder's LSTMs run a whole sentence per call in oneDNN's fused kernel, which has no int8 form in
-torch. Where the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), --int8 runs them in bfloat16
-(fp32 sums), twice as fast: int8 + shortlist greedy 1.13x over test_2016_flickr, BLEU 40.08 against
-40.10 (bench/decode_ab.sh, BENCHMARKS.md); elsewhere bfloat16 would be emulated, and they stay
-fp32 (ENCODER). The signature says which: int8:int_mm+bf16-encoder. NMT_INT8_ENCODER=bf16 or fp32
-chooses.
+torch; where the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), they run in bfloat16 with fp32
+sums (ENCODER; NMT_INT8_ENCODER=bf16 or fp32 chooses). docs/performance.md has the figures.
 """
 
 from __future__ import annotations
@@ -31,18 +22,17 @@ from __future__ import annotations
 import copy
 import gc
 import os
-import warnings
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from nmt_cli import gemm
-from nmt_cli.cell import gates_to_state
+from nmt_cli.cpu import gemm, private
+from nmt_cli.cpu.cell import gates_to_state
+from nmt_cli.cpu.pages import release_file_pages
+from nmt_cli.cpu.threads import in_parallel
 from nmt_cli.errors import ConfigError
 from nmt_cli.model import Seq2Seq
-from nmt_cli.pages import release_file_pages
-from nmt_cli.threads import in_parallel
 
 _TINY = 1e-12  # an all-zero row gets this scale instead of 0, and quantizes to zeros
 QUANTIZE_ROWS = 256  # rows of a weight quantized at a time (Int8Weight.of)
@@ -50,12 +40,7 @@ KERNELS = ("int_mm", "fbgemm")
 
 
 def _fbgemm_available() -> bool:
-    """Whether this torch build has fbgemm's quantized linear (torch calls these ops deprecated)."""
-    try:
-        torch.ops.quantized.linear_dynamic  # noqa: B018 - looked up only
-    except (AttributeError, RuntimeError):
-        return False
-    return "fbgemm" in torch.backends.quantized.supported_engines
+    return private.fbgemm_available()
 
 
 def _kernel() -> str:
@@ -84,11 +69,7 @@ ENCODER_PRECISIONS = ("bf16", "fp32")
 
 
 def _native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), as oneDNN then does."""
-    try:
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:  # a torch without these probes
-        return False
+    return private.native_bf16()
 
 
 def _encoder_precision() -> str:
@@ -102,14 +83,8 @@ ENCODER = _encoder_precision()
 
 def _fbgemm_pack(values: Tensor) -> Any:  # noqa: ANN401 - torch's packed-params object
     """fbgemm's packed copy of int8 weight values (N, K), with scale 1: the per-channel scales are applied
-    to its output. Packed per channel, a 3,600-row shortlist cut of base-rnn's output layer took 14-25 ms
-    against 7.5 (once per batch), and products ran no faster (`python bench/profiles.py int8-pack`)."""
-    torch.backends.quantized.engine = "fbgemm"  # a packed weight runs on the engine that packed it
-    with warnings.catch_warnings():  # torch calls quantized tensors deprecated; the kernels are not
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.ops.quantized.linear_prepack(
-            torch._make_per_tensor_quantized_tensor(values, 1.0, 0), None
-        )
+    to its output (per-channel packing made shortlist cuts slower, products no faster)."""
+    return private.fbgemm_pack(values)
 
 
 class Int8Weight(NamedTuple):
@@ -122,7 +97,7 @@ class Int8Weight(NamedTuple):
         """weight (N, K) -> symmetric int8 with one scale per row (output channel), for KERNEL.
 
         QUANTIZE_ROWS rows at a time: each row's values depend on that row alone, and whole-matrix fp32
-        temporaries (16 MB each for base-rnn's output layer) grew the heap by 45 MB that stayed free."""
+        temporaries would grow the heap for good."""
         weight = weight.detach()
         values = torch.empty(weight.shape, dtype=torch.int8)
         scales = torch.empty(len(weight))
@@ -140,7 +115,7 @@ class Int8Weight(NamedTuple):
 
     def columns(self, index: Tensor) -> Int8Weight:
         """The output channels `index` alone, in the same transposed layout: rows of the (N, K) storage
-        are gathered (0.01 ms for 1,500 of 8,000 rows against 3 ms for columns of the (K, N) view)."""
+        are gathered, much faster than columns of the (K, N) view."""
         rows, scales = self.values.t().index_select(0, index), self.scales.index_select(0, index)
         return Int8Weight._made(rows, scales, "int_mm" if self.packed is None else "fbgemm")
 
@@ -155,7 +130,7 @@ def _fbgemm_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None) -> Tensor:
     rows[M].fill_(1.0)
     rows[M + 1].fill_(-1.0)
     macs = M * K * w.values.size(1)
-    out = in_parallel(lambda: torch.ops.quantized.linear_dynamic(rows, w.packed, True), int8_macs=macs)
+    out = in_parallel(lambda: private.fbgemm_linear(rows, w.packed), int8_macs=macs)
     out = out[:M].mul_(scale)
     return out.mul_(w.scales) if bias is None else torch.addcmul(bias, out, w.scales)
 
@@ -163,14 +138,17 @@ def _fbgemm_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None) -> Tensor:
 def int8_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None = None) -> Tensor:
     """x (M, K) float @ the weight's transpose (+ bias) -> (M, N) float; each row of x quantized with its
     own scale. The scales are applied one axis at a time: broadcasting their (M, N) outer product, or
-    linalg's inf-norm for the row maxima, each cost more than the int8 product itself (2.5 / 0.2 ms)."""
+    linalg's inf-norm for the row maxima, each cost more than the int8 product itself."""
     if w.packed is not None:
         return _fbgemm_matmul(x, w, bias)
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
     q = torch.div(x, scale).round_().to(torch.int8)
     macs = q.size(0) * q.size(1) * w.values.size(1)
     out = (
-        in_parallel(lambda: torch._int_mm(q, w.values), int8_macs=macs).to(x.dtype).mul_(scale).mul_(w.scales)
+        in_parallel(lambda: private.int_mm(q, w.values), int8_macs=macs)
+        .to(x.dtype)
+        .mul_(scale)
+        .mul_(w.scales)
     )
     return out if bias is None else out.add_(bias)
 
@@ -191,6 +169,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = int8_matmul(x.reshape(-1, self.in_features), self.weight, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
+
+    def cut(self, rows: Tensor) -> Int8Linear:
+        """The layer for output rows `rows` (V',) alone: the same int8 values and scales (a shortlist)."""
+        bias = None if self.bias is None else self.bias.index_select(0, rows)
+        return Int8Linear(self.weight.columns(rows), bias)
 
 
 class _Int8Layer(NamedTuple):
@@ -255,8 +238,8 @@ class Bf16LSTM(nn.Module):
 def int8_dynamic(model: Seq2Seq) -> Seq2Seq:
     """The same model with int8 Linear layers and an int8 decoder LSTM, converted in place; for decoding
     on CPU. The encoder's LSTMs are not stepped in int8: over a whole sentence at once, the fused oneDNN
-    kernel runs in less time than stepping int8 products one position at a time (test_2016_flickr,
-    base-rnn: 344-408 against 599-620 ms). They run in ENCODER's precision (see the module's docstring)."""
+    kernel runs in less time than stepping int8 products one position at a time. They run in ENCODER's
+    precision (see the module's docstring)."""
     _check_settings(KERNEL)
     names = _called_as_modules(model.eval())
     decoder_lstms = [name for name in names[nn.LSTM] if not name.startswith("encoder.")]
@@ -315,52 +298,3 @@ def int8_label(model: nn.Module) -> str | None:
     if kernel is None:
         return None
     return kernel + ("+bf16-encoder" if any(isinstance(m, Bf16LSTM) for m in model.modules()) else "")
-
-
-class OutputRows:
-    """An output layer, from which cut(rows) makes a layer for a subset of its rows (output pieces)."""
-
-    def __init__(self, linear: nn.Module):
-        self.layer = linear
-
-    def cut(self, rows: Tensor) -> nn.Module:
-        """The layer for output rows `rows` (V',): the same fp32 weights, or int8 values and scales."""
-        layer = self.layer
-        bias = None if layer.bias is None else layer.bias.detach().index_select(0, rows)
-        if isinstance(layer, Int8Linear):
-            return Int8Linear(layer.weight.columns(rows), bias)
-        return _Linear(layer.weight.detach(), rows, bias)
-
-
-# A packed cut gets zero rows up to a multiple of this: oneDNN compiles and keeps a kernel for every shape
-# it meets, and each batch's shortlist has a row count of its own. Over test_2016_flickr with fp32 and a
-# shortlist, beam 5 compiled 438 kernels (250 ms) unpadded and 275 (105 ms) with 256; peak RSS fell from
-# 548-550 to 507-513 MB with 512, greedy's from 497-499 to 477-480; the same output.
-_CUT_BLOCK = 512
-
-
-class _Linear(nn.Module):
-    """x @ weight[rows].T + bias, the bias already cut: no random init to throw away, unlike nn.Linear.
-    The rows are packed as gemm.Linear packs its own weight, so that a cut of every row gives the full
-    layer's bits; the packed copy has zero rows up to a multiple of _CUT_BLOCK, whose outputs are cut
-    off again. Only the packed copy is kept: the cut is written once, into the zero-padded buffer."""
-
-    def __init__(self, weight: Tensor, rows: Tensor, bias: Tensor | None):
-        super().__init__()
-        self.out_features, self.bias = len(rows), bias
-        self.weight = self.packed = self.padded_bias = None
-        if not gemm.pack_available():
-            self.weight = weight.index_select(0, rows)
-            return
-        padded = -(-len(rows) // _CUT_BLOCK) * _CUT_BLOCK
-        cut = weight.new_zeros(padded, weight.size(1))
-        torch.index_select(weight, 0, rows, out=cut[: len(rows)])
-        self.packed = gemm.pack(cut)
-        if bias is not None:
-            self.padded_bias = torch.cat([bias, bias.new_zeros(padded - len(rows))])
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.packed is None:
-            return in_parallel(lambda: gemm.linear(x, self.weight, self.bias))
-        out = in_parallel(lambda: gemm.linear_packed(x, self.packed, self.padded_bias))
-        return out[..., : self.out_features]

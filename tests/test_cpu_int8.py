@@ -7,14 +7,16 @@ import weakref
 import pytest
 import torch
 
-from nmt_cli import gemm, quantize
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
+from nmt_cli.cpu import gemm
+from nmt_cli.cpu import int8 as quantize
+from nmt_cli.cpu.int8 import Bf16LSTM, Int8LSTM, int8_dynamic, int8_kernel, int8_label
+from nmt_cli.cpu.threads import PARALLEL_INT8_MACS, in_parallel, products_in_parallel
 from nmt_cli.decode import decode_ids, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.quantize import Bf16LSTM, Int8LSTM, OutputRows, int8_dynamic, int8_kernel, int8_label
+from nmt_cli.shortlist import OutputRows
 from nmt_cli.textio import read_lines
-from nmt_cli.threads import PARALLEL_INT8_MACS, in_parallel, products_in_parallel
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nmt_cli import gemm
-from nmt_cli.activations import tanh
+from nmt_cli.cpu import gemm
+from nmt_cli.cpu.layers import tanh
 
 
 def _plus(product: Tensor, add: Tensor | None) -> Tensor:
@@ -28,8 +28,8 @@ def _plus(product: Tensor, add: Tensor | None) -> Tensor:
 
 
 # Collected (gradient, input) pairs are turned into a weight gradient once they hold this many rows: a
-# product as efficient as one over all steps, without keeping every step's gradient (base-rnn's decoder
-# gates: 25 MB at 3,000 positions) and a concatenated copy of all of them at step 0.
+# product as efficient as one over all steps, without keeping every step's gradient and a concatenated
+# copy of all of them at step 0.
 FLUSH_ROWS = 2048
 PROJECTION_STEPS = 8  # positions per input-projection product (projected_steps)
 
@@ -67,8 +67,8 @@ class _DeferredLinear(torch.autograd.Function):
 
 def _bmv(mat: Tensor, vec: Tensor, transposed: bool) -> Tensor:
     """mat (B, S, D) @ vec (B, D) -> (B, S), or with `transposed` vec (B, S) @ mat -> (B, D)."""
-    # vec as a row, (B, 1, D) @ mat^T: torch's bmm for a (B, S, D) @ (B, D, 1) column takes a path
-    # about 10x slower on CPU (0.33 vs 0.03 ms at B 64, S 25, D 512; bench/profiles.py bmv)
+    # vec as a row, (B, 1, D) @ mat^T: torch's bmm for a (B, S, D) @ (B, D, 1) column takes a much
+    # slower path on CPU (bench/profiles.py bmv)
     if transposed:
         return torch.bmm(vec.unsqueeze(1), mat).squeeze(1)
     return torch.bmm(vec.unsqueeze(1), mat.transpose(1, 2)).squeeze(1)
@@ -149,7 +149,7 @@ def gates_to_state(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     if torch.is_grad_enabled():
         return _GatesToState.apply(gates, c)
     # decoding steps here: the same arithmetic without the autograd node, tanh through sigmoid (see
-    # activations), g's written in place
+    # layers.tanh), g's written in place
     H = c.size(1)
     act = torch.sigmoid(gates)
     tanh(gates[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
@@ -199,7 +199,7 @@ def projected_steps(rnn: nn.LSTM, x: Tensor) -> Iterator[Tensor]:
 
     Made inside the loop, each chunk's autograd node comes after the steps before it, so backward runs it
     as soon as its own steps are done: it holds one chunk's step gradients at a time, where one product
-    for the whole sequence holds all of them (base-rnn's decoder: 25 MB) and then a stacked copy.
+    for the whole sequence holds all of them and then a stacked copy.
     """
     for chunk in x.split(PROJECTION_STEPS, dim=1):
         # unbind, not chunk[:, t]: backward stacks the step gradients once instead of filling a zero
@@ -226,8 +226,8 @@ def lstm_sequence(rnn: nn.LSTM, x: Tensor) -> Tensor:
     """A one-layer, one-direction nn.LSTM over x (B, S, I) from a zero state, stepped by hand -> (B, S, H).
 
     For training, where the encoder runs it: per position it keeps the four activated gates, the cell
-    state and the output (6H floats), where oneDNN's fused LSTM keeps a workspace of about 18H: at 225 x 13
-    positions, 20 against 53 MB per direction (python bench/profiles.py encoder-lstm).
+    state and the output (6H floats), where oneDNN's fused LSTM keeps a workspace of about 18H
+    (python bench/profiles.py encoder-lstm).
     """
     assert rnn.num_layers == 1 and not rnn.bidirectional, "one layer, one direction"
     steps = projected_steps(rnn, x)

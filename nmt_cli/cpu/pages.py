@@ -2,9 +2,9 @@
 
 A model file is memory-mapped (checkpoint.load_model) and a page of it counts towards the process's RSS
 from the first read until the mapping goes, which is when the last tensor of the file goes. fp32 decoding
-reads most weights once, to make packed copies (gemm), and never again: base-rnn's output layer, decoder
-LSTM and attention projections are 29 MB of such pages. madvise(MADV_DONTNEED) drops them from this
-process; a later read, if any, maps them in again from the file (the page cache keeps them meanwhile).
+reads most weights once, to make packed copies (gemm), and never again. madvise(MADV_DONTNEED) drops
+them from this process; a later read, if any, maps them in again from the file (the page cache keeps
+them meanwhile).
 
 That is lossless only for pages that are still the file's: a page written since mapping is a private
 copy, and DONTNEED would throw the write away. So every page of the range is checked first in
@@ -12,7 +12,7 @@ copy, and DONTNEED would throw the write away. So every page of the range is che
 is everything on systems without these files (nothing happens there).
 
 Library code is never written, and the same holds for it: release_code_pages drops the code that
-importing torch ran once (see cmd_translate), and what runs again maps in again from the page cache.
+importing torch ran once (see process.py), and what runs again maps in again from the page cache.
 """
 
 from __future__ import annotations

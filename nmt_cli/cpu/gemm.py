@@ -1,14 +1,12 @@
 """fp32 matrix products through oneDNN where this torch build has it, else through torch's own (MKL).
 
-torch.mm on x86 calls MKL, whose sgemm runs its AVX2 code on AMD CPUs, AVX-512 or not. oneDNN, which
-torch also ships (it runs the LSTM layers), takes the widest vector unit it finds. On the 2-core AMD EPYC
-(AVX-512) benchmark machine, 2048² products run at ~200 GFLOP/s through torch.mm and ~400 through oneDNN,
-and base-rnn's products 1.75-2.5x faster (`python bench/profiles.py gemm`). Both are IEEE fp32 with fp32
-accumulation, no reduced precision; the sums run in another order, so results differ in the last bits.
+torch.mm on x86 calls MKL, whose sgemm runs its AVX2 code on AMD CPUs, AVX-512 or not; oneDNN, which
+torch also ships, takes the widest vector unit it finds (docs/performance.md, "oneDNN products"). Both are
+IEEE fp32 with fp32 sums; the sums run in another order, so results differ in the last bits.
 
-The oneDNN call (`torch.ops.mkldnn._linear_pointwise`, what torch.compile emits for CPU linears) has no
-autograd: `linear` and `mm` are for no-grad code and the backward of autograd Functions, and `Linear`
-is nn.Linear with a backward written out. NMT_GEMM=torch keeps every product on torch's own path.
+The oneDNN op (private.onednn_linear) has no autograd: `linear` and `mm` are for no-grad code and the
+backward of autograd Functions, and `Linear` is nn.Linear with a backward written out, installed in place
+of nn.Linear by cpu.install. NMT_GEMM=torch keeps every product on torch's own path.
 """
 
 from __future__ import annotations
@@ -22,21 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt_cli.pages import release_file_pages
+from nmt_cli.cpu import private
+from nmt_cli.cpu.pages import release_file_pages
+from nmt_cli.cpu.threads import in_parallel
 
 _LinearOp = Callable[..., Tensor]
 PACKED_ROWS = 64  # the row count a packed weight is tuned for: translate's default batch
 
-# oneDNN compiles a kernel for each product shape it meets and keeps up to 1,024 in each of two caches;
-# a kept kernel keeps its scratch buffer too (a packed copy of an operand: megabytes for base-rnn's).
-# Training meets new shapes with every batch (rows are sentences): a base-rnn batch runs about 33, of which
-# 9-15 again and again in its step loops. Its peak over 40 updates was 956 MB with 32 kept, 891 with 16
-# and 869 with 8, at 1.00x and 0.95x the tokens/s of 32 (5 rounds each); 256 took it to 1,566 over 80.
-# Decoding met a shape for every row count of every product, and re-compiling them cost it 1.4x
-# (391 against 548 sentences/s greedy with 32 and 256 kept); since linear_packed pads rows to multiples
-# of ROW_BLOCK, greedy over test_2016_flickr compiles 56 (ONEDNN_VERBOSE=all), not 244. oneDNN reads
-# the setting once, at its first use in the process: set_cache_capacity must come before that, and a
-# user's own setting wins.
+# oneDNN compiles and keeps a kernel (with its scratch buffers) for each product shape it meets. Training
+# meets new shapes with every batch and wants few kept; decoding meets the same few again and again and
+# wants many (docs/performance.md, "oneDNN kernel caches"). oneDNN reads the setting once, at its first
+# use in the process, so set_cache_capacity must come before that; a user's own setting wins.
 CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 TRAINING_CACHE, DECODING_CACHE = 16, 256
 _USER_CACHES = {name for name in CACHE_VARIABLES if name in os.environ}
@@ -49,25 +43,21 @@ def set_cache_capacity(kernels: int) -> None:
             os.environ[name] = str(kernels)
 
 
-set_cache_capacity(TRAINING_CACHE)  # the safe default; translate asks for more before it loads a model
+set_cache_capacity(TRAINING_CACHE)  # the safe default; translate asks for more before its first product
+
+_ONEDNN = private.onednn_linear
 
 
-def _onednn_linear() -> _LinearOp | None:
-    """The oneDNN linear op when this build has it (looked up, not run: running it would fix the caches)."""
-    if os.environ.get("NMT_GEMM", "onednn") == "torch" or not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):  # a build without it
-        return None
+_WANTED = os.environ.get("NMT_GEMM", "onednn") != "torch"
 
 
-_ONEDNN = _onednn_linear()
+def _use_onednn() -> bool:
+    return _WANTED and _ONEDNN.available
 
 
 def backend() -> str:
-    """Which library runs the products: "onednn" or "torch"."""
-    return "torch" if _ONEDNN is None else "onednn"
+    """Which library runs the products: "onednn" or "torch" (NMT_GEMM=torch, or no usable oneDNN op)."""
+    return "onednn" if _use_onednn() else "torch"
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -80,7 +70,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     weight may be a transposed view (oneDNN reads it as it is); x is made contiguous if it is not.
     """
-    if _ONEDNN is None or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if not _use_onednn() or x.dtype != torch.float32 or weight.dtype != torch.float32:
         with torch.no_grad():
             return F.linear(x, weight, bias)
     return _ONEDNN(x.contiguous(), _dense(weight), bias, "none", [], "")
@@ -92,7 +82,7 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     The left operand must be contiguous for oneDNN. When a is not and b is, the product is taken the
     other way round, (b.T @ a.T).T, so that the smaller of the two is the one copied.
     """
-    if _ONEDNN is None or a.is_contiguous() or a.numel() <= b.numel():
+    if not _use_onednn() or a.is_contiguous() or a.numel() <= b.numel():
         return linear(a, b.t())
     return linear(b.t(), a).t()
 
@@ -118,26 +108,16 @@ class _LinearFunction(torch.autograd.Function):
 
 def linear_with_grad(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear with its products through `linear`, forward and backward."""
-    if _ONEDNN is None:
+    if not _use_onednn():
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearFunction.apply(x, weight, bias)
     return linear(x, weight, bias)
 
 
-def _reorder_op() -> Callable[..., Tensor] | None:
-    try:  # looked up only, as _onednn_linear
-        return None if _ONEDNN is None else torch.ops.mkldnn._reorder_linear_weight
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_REORDER = _reorder_op()
-
-
 _packing = True  # off inside unpacked()
-# Bumped by weights_changed(). Packed copies are keyed by it as well as by the weights' version counters:
-# fused Adam updates parameters in place without bumping their version (torch 2.13).
+# Bumped by weights_changed() after every optimizer step (see cpu.install). Packed copies are keyed by it
+# as well as by the weights' version counters: fused Adam updates parameters in place without bumping them.
 _generation = 0
 
 
@@ -149,12 +129,12 @@ def weights_changed() -> None:
 
 def weights_key(weights: list[Tensor]) -> tuple:
     """What a packed copy of these weights is valid for: their identity, versions and the generation."""
-    return (_generation, *((w.data_ptr(), w._version) for w in weights))
+    return (_generation, *((w.data_ptr(), private.version(w)) for w in weights))
 
 
 def pack_available() -> bool:
     """Whether `pack` and `linear_packed` run here (oneDNN with its weight reorder), and are wanted."""
-    return _REORDER is not None and _packing
+    return private.onednn_reorder is not None and _packing and _use_onednn()
 
 
 @contextmanager
@@ -172,22 +152,27 @@ def pack(weight: Tensor) -> Tensor | None:
     """weight (N, K) reordered into oneDNN's blocked layout for `linear_packed`; None without oneDNN.
 
     A reordered weight is a second copy. At inference, where weights stay fixed, it saves the reorder
-    that oneDNN otherwise does inside every call: a 64-row output layer takes 1.25 instead of 1.76 ms.
+    that oneDNN otherwise does inside every call (docs/performance.md, "packed weights").
     """
-    if _REORDER is None or weight.dtype != torch.float32:
+    global _reorder_checked
+    if not pack_available() or weight.dtype != torch.float32:
         return None
-    return _REORDER(weight.detach(), PACKED_ROWS)
+    packed = private.onednn_reorder(weight.detach(), PACKED_ROWS)
+    if not _reorder_checked:
+        if not private.check_reorder(weight, packed):
+            private.onednn_reorder = None
+            return None
+        _reorder_checked = True
+    return packed
 
 
-# One compiled kernel per 8 row counts, at the cost of up to 7 rows of padding: fp32 greedy over
-# test_2016_flickr at 0.97x the speed (176.4 against 181.3 lines/s, medians of 8 interleaved rounds) and
-# 0.88x the peak RSS (501 against 576 MB).
+_reorder_checked = False
+
+
+# Rows are padded to a multiple of ROW_BLOCK, and products of more rows run CHUNK_ROWS at a time: oneDNN
+# compiles and keeps a kernel per row count, and decoding meets most row counts as sentences finish
+# (docs/performance.md, "row padding").
 ROW_BLOCK = 8
-# Products of more rows run CHUNK_ROWS at a time. oneDNN compiles and keeps a kernel, and sizes each call's
-# buffers, by the row count: beam 5 (up to 160 rows a step per worker) met 20 row counts per product over
-# test_2016_flickr, and the encoder's attention keys (sentences x words) a new one with every batch. In
-# pieces of at most 64 rows there are 8, whatever the batch size: fp32 beam 5 peaked at 341-350 MB
-# against 378-395, the same bits, at 0.91x the decoding speed (the pieces' outputs are copied together).
 CHUNK_ROWS = PACKED_ROWS
 
 
@@ -198,7 +183,8 @@ def linear_packed(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tens
     meets, and decoding meets most of 1..64 for each product as sentences finish one by one. Each row's
     result has the same bits whatever the row count and the chunk it falls in.
     """
-    assert _ONEDNN is not None
+    op = _ONEDNN.op
+    assert op is not None, "pack_available() first"
     rows = x.reshape(-1, x.size(-1))
     M = rows.size(0)
     padded = -(-M // ROW_BLOCK) * ROW_BLOCK
@@ -206,9 +192,9 @@ def linear_packed(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tens
         rows = torch.cat([rows, rows.new_zeros(padded - M, rows.size(1))])
     rows = rows.contiguous()
     if padded <= CHUNK_ROWS:
-        out = _ONEDNN(rows, packed, bias, "none", [], "")
+        out = op(rows, packed, bias, "none", [], "")
     else:
-        out = torch.cat([_ONEDNN(chunk, packed, bias, "none", [], "") for chunk in rows.split(CHUNK_ROWS)])
+        out = torch.cat([op(chunk, packed, bias, "none", [], "") for chunk in rows.split(CHUNK_ROWS)])
     return (out if padded == M else out[:M]).view(*x.shape[:-1], out.size(-1))
 
 
@@ -225,8 +211,47 @@ class Linear(nn.Linear):
         if self._packed is None or self._packed[0] != key:
             self._packed = (key, pack(self.weight))
             release_file_pages(self.weight)  # products read the packed copy only (see pages)
+        if self._packed[1] is None:  # oneDNN's reorder failed its check: plain products
+            return linear(x, self.weight, self.bias)
         return linear_packed(x, self._packed[1], self.bias)
 
     def drop_packed(self) -> None:
         """Forget the packed copy; the next forward without autograd makes it again."""
         self._packed = None
+
+    def cut(self, rows: Tensor) -> nn.Module:
+        """The layer for output rows `rows` (V',) alone, packed as this layer packs its weight (a
+        vocabulary shortlist's output layer)."""
+        bias = None if self.bias is None else self.bias.detach().index_select(0, rows)
+        return PackedRows(self.weight.detach(), rows, bias)
+
+
+# A packed cut gets zero rows up to a multiple of this: oneDNN compiles and keeps a kernel for every shape
+# it meets, and each batch's shortlist has a row count of its own (docs/performance.md, "shortlists").
+CUT_BLOCK = 512
+
+
+class PackedRows(nn.Module):
+    """x @ weight[rows].T + bias, the bias already cut. The rows are packed as Linear packs its weight, so
+    that a cut of every row gives the full layer's bits; the packed copy has zero rows up to a multiple of
+    CUT_BLOCK, whose outputs are cut off again."""
+
+    def __init__(self, weight: Tensor, rows: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.out_features, self.bias = len(rows), bias
+        self.weight = self.packed = self.padded_bias = None
+        padded = -(-len(rows) // CUT_BLOCK) * CUT_BLOCK
+        if pack_available():
+            cut = weight.new_zeros(padded, weight.size(1))
+            torch.index_select(weight, 0, rows, out=cut[: len(rows)])
+            self.packed = pack(cut)
+        if self.packed is None:
+            self.weight = weight.index_select(0, rows)
+        elif bias is not None:
+            self.padded_bias = torch.cat([bias, bias.new_zeros(padded - len(rows))])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return in_parallel(lambda: linear(x, self.weight, self.bias))
+        out = in_parallel(lambda: linear_packed(x, self.packed, self.padded_bias))
+        return out[..., : self.out_features]

@@ -4,7 +4,7 @@ identity in eval mode."""
 import pytest
 import torch
 
-from nmt_cli.dropout import Dropout
+from nmt_cli.cpu.layers import Dropout
 
 
 def test_kept_share_and_scale_match_p():
@@ -34,7 +34,7 @@ def test_seeded_masks_repeat():
     assert torch.equal(drop(x), first)
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0])
+@pytest.mark.parametrize("p", [-0.1, 1.1])
 def test_out_of_range_p_is_refused(p):
     with pytest.raises(ValueError, match="dropout"):
         Dropout(p)

@@ -7,11 +7,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from nmt_cli import gemm
 from nmt_cli.checkpoint import load_model
 from nmt_cli.config import DecodeConfig
-from nmt_cli.pages import PAGE, _executable_mappings, _whole_pages, release_code_pages, release_file_pages
-from nmt_cli.quantize import int8_dynamic
+from nmt_cli.cpu import gemm
+from nmt_cli.cpu.int8 import int8_dynamic
+from nmt_cli.cpu.pages import PAGE, _executable_mappings, _whole_pages, release_code_pages, release_file_pages
 from nmt_cli.translate import translate_lines
 
 pytestmark = pytest.mark.skipif(

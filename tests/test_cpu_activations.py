@@ -1,6 +1,6 @@
 import torch
 
-from nmt_cli.activations import tanh
+from nmt_cli.cpu.layers import tanh
 
 
 def test_tanh_without_autograd_is_within_two_ulps_of_one_of_torch_tanh():
