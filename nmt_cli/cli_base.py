@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,6 +37,37 @@ def reports_errors(command: Callable[..., T]) -> Callable[..., T]:
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+class StopSignals:
+    """While entered, SIGINT and SIGTERM are only noted (reason() names the first) for a loop that ends
+    its current step and saves. A second one acts as it would have without us: KeyboardInterrupt, or the
+    end of the process (safe where every save is atomic)."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._before: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can be set there only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._before[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum)
+        self._restore()
+
+    def reason(self) -> str:
+        return self.received.name if self.received else ""
+
+    def _restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 def set_threads(threads: int) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import PROCESS_START, parse_duration, set_threads, write_stdout
+from nmt_cli.cli_base import PROCESS_START, StopSignals, parse_duration, set_threads, write_stdout
+from nmt_cli.config import RESUMABLE
 from nmt_cli.errors import ConfigError, InputError
 
 SECTIONS = ("model", "train", "subword")
@@ -106,8 +107,16 @@ def train(
     save_every_minutes: float | None = typer.Option(None, help="Also save min-M.nmt every M minutes."),
     seed: int | None = typer.Option(None),
     vocab_size: int | None = typer.Option(None, help="Subword vocabulary size when training it here."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out where it stopped, with the same data and settings; only "
+        + ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
+        + " and --quiet may change (the limits not under cosine or linear decay).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier run in --out (once every argument is checked)."
+    ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
@@ -115,7 +124,7 @@ def train(
     from dataclasses import replace
 
     from nmt_cli.config import DataConfig
-    from nmt_cli.console import setup_logging
+    from nmt_cli.console import console, setup_logging
     from nmt_cli.train import Run, fit
 
     setup_logging(quiet=quiet)
@@ -160,52 +169,57 @@ def train(
     )
     set_threads(train_cfg.threads)
     data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""))
-    _check_run_dir(out, resume, overwrite)  # before anything is written into it
+    _check_run_dir(out, resume, overwrite)  # fit() clears an earlier run once everything is checked
     sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    summary = fit(
-        Run(data, sub, model_cfg, train_cfg, out), resume=resume, start_time=PROCESS_START, quiet=quiet
-    )
+    with StopSignals() as signals:
+        summary = fit(
+            Run(data, sub, model_cfg, train_cfg, out),
+            resume=resume,
+            start_time=PROCESS_START,
+            quiet=quiet,
+            interrupt=signals.reason,
+        )
     best = "-" if summary.best_bleu is None else f"{summary.best_bleu:.2f} (step {summary.best_step})"
     write_stdout(
         f"model\t{summary.model_path}\nsteps\t{summary.steps}\nepochs\t{summary.epochs:.2f}\n"
         f"dev_bleu\t{best}\nwall\t{summary.wall:.0f}s\nstopped\t{summary.stopped or 'done'}\n"
     )
+    if signals.received:
+        console.print(
+            f"nmt: {signals.received.name}: stopped after step {summary.steps}, resume state saved in "
+            f"{out}; to continue, run the same command with --resume",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=128 + signals.received.value)
 
 
 def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to overwrite a trained model unless asked; clear what a fresh run would mix up."""
-    if (out / "model.nmt").exists() and not (resume or overwrite):
-        raise ConfigError(
-            "a trained model is already there; use --resume to continue or --overwrite",
-            str(out / "model.nmt"),
-        )
+    """Refuse to replace an earlier run unless asked; deleting its files is left to fit()."""
+    for name, what in (
+        ("model.nmt", "a trained model"),
+        ("trainer_state.pt", "an earlier run's resume state"),
+    ):
+        if (out / name).exists() and not (resume or overwrite):
+            raise ConfigError(
+                f"{what} is already there; use --resume to continue or --overwrite", str(out / name)
+            )
     if resume and not (out / "trainer_state.pt").exists():
         raise InputError("nothing to resume: no trainer_state.pt", str(out))
-    if overwrite and not resume:
-        for stale in [
-            out / "log.jsonl",
-            out / "trainer_state.pt",
-            *out.glob("step-*.nmt"),
-            *out.glob("min-*.nmt"),
-        ]:
-            stale.unlink(missing_ok=True)
 
 
 def _subword(data, out: Path, spm: Path | None, cfg, resume: bool, shrink_to_fit: bool):  # noqa: ANN001, ANN202
-    """The subword model: given, the resumed run's, or trained here on both sides of the corpus."""
+    """The subword model: given, the resumed run's, or trained here on both sides of the corpus (fit()
+    saves it into the run directory)."""
     from nmt_cli.subword import Subword, train_spm
 
     if spm is not None:
-        sub = Subword.from_file(spm)
-    elif resume:
-        sub = Subword.from_file(out / "spm.model")
-    else:
-        sub = Subword.from_bytes(
-            train_spm([data.train_src, data.train_tgt], cfg, shrink_to_fit=shrink_to_fit)
-        )
-    sub.save(out / "spm.model")
-    return sub
+        return Subword.from_file(spm)
+    if resume:
+        return Subword.from_file(out / "spm.model")
+    return Subword.from_bytes(train_spm([data.train_src, data.train_tgt], cfg, shrink_to_fit=shrink_to_fit))
 
 
 def default_corpus() -> tuple[Path, Path]:

@@ -138,6 +138,26 @@ class TrainConfig:
             raise ConfigError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
 
 
+# TrainConfig fields a resumed run may change: they decide when to stop and what is reported or kept,
+# not which batches are drawn or what an update computes. Any other difference is refused.
+LIMITS = ("max_steps", "epochs", "time_budget")
+RESUMABLE = (*LIMITS, "patience", "log_every", "keep_last", "save_every_minutes", "threads")
+
+
+def resume_differences(saved: dict[str, Any], now: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, new value) for each difference a resume must refuse.
+
+    cosine and linear decay over the run's limits, so with them the limits must stay too.
+    """
+    free = set(RESUMABLE) - (set(LIMITS) if now.schedule in ("cosine", "linear") else set())
+    defaults = TrainConfig()
+    return [
+        (f.name, saved.get(f.name, getattr(defaults, f.name)), getattr(now, f.name))
+        for f in fields(TrainConfig)
+        if f.name not in free and saved.get(f.name, getattr(defaults, f.name)) != getattr(now, f.name)
+    ]
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     beam_size: int = 5

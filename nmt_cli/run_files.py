@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from nmt_cli.checkpoint import load_trainer_state, save_model, save_trainer_state
-from nmt_cli.config import ModelConfig, TrainConfig, from_json, to_json
+from nmt_cli.config import ModelConfig, TrainConfig, from_json, resume_differences, to_json
 from nmt_cli.console import console
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import Validation
 from nmt_cli.model import Seq2Seq
 from nmt_cli.subword import Subword
-from nmt_cli.textio import append_jsonl
+from nmt_cli.textio import append_jsonl, atomic_write
+
+log = logging.getLogger(__name__)
+STEP_FILE = re.compile(r"step-(\d+)\.nmt")  # step-best.nmt and other names of the user's are left alone
+MINUTE_FILE = re.compile(r"min-(\d+)\.nmt")
+TEMP_FILE = re.compile(r"\..+\.\d+\.tmp")  # textio.atomic_path's, left by a process killed while saving
 
 
 @dataclass
@@ -29,10 +37,27 @@ class Counters:
     batch_in_epoch: int = 0
     tokens: int = 0
     wall: float = 0.0  # seconds spent up to the last save, earlier runs of a resumed training included
+    # the schedule's view, moved only by the validations every valid_every steps (patience, plateau)
     best_bleu: float = -1.0
     best_step: int = 0
     bad_validations: int = 0
     plateau_scale: float = 1.0
+    # model.nmt's dev BLEU and step: also an extra validation at a stop between two can replace it
+    kept_bleu: float = -1.0
+    kept_step: int = 0
+
+
+class RunIdentity(NamedTuple):
+    """What a resumed run must share with the run it continues: the same batches, the same maths."""
+
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    data: dict[str, dict[str, Any]]  # file_facts by DataConfig field, empty fields left out
+    subword: str  # sha256 prefix of the SentencePiece model
+
+
+def subword_digest(subword: Subword) -> str:
+    return hashlib.sha256(subword.to_bytes()).hexdigest()[:16]
 
 
 def file_facts(path: str) -> dict[str, object]:
@@ -45,35 +70,76 @@ def file_facts(path: str) -> dict[str, object]:
     }
 
 
-def restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> Counters:
-    """Weights, optimizer, RNG and counters of an earlier run; a different model config is refused."""
+def restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, now: RunIdentity) -> Counters:
+    """Weights, optimizer, RNG and counters of an earlier run; refused when anything that decides the
+    batches or the maths differs (model, training config, corpus, dev set, subword model)."""
     state = load_trainer_state(path)
-    saved = from_json(ModelConfig, state["model_config"])
-    for name, value in asdict(model_cfg).items():
-        if getattr(saved, name) != value:
-            raise ConfigError(
-                f"cannot resume: model config differs in {name} "
-                f"(saved {getattr(saved, name)!r}, now {value!r})",
-                str(path),
-            )
+    _check_same_run(state, now, str(path))
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
-    return Counters(**state["counters"])
+    saved = state["counters"]
+    known = {f.name for f in fields(Counters)}
+    c = Counters(**{k: v for k, v in saved.items() if k in known})
+    if "kept_bleu" not in saved:  # written before model.nmt's score was kept apart
+        c.kept_bleu, c.kept_step = c.best_bleu, c.best_step
+    return c
 
 
-def update_best(c: Counters, v: Validation | None, cfg: TrainConfig) -> bool:
-    """Record a validation in the counters (best, patience, plateau); True when it is the best so far."""
+def _check_same_run(state: dict[str, Any], now: RunIdentity, path: str) -> None:
+    saved_model = from_json(ModelConfig, state["model_config"])
+    for name, value in asdict(now.model_cfg).items():
+        if getattr(saved_model, name) != value:
+            raise ConfigError(
+                f"cannot resume: model config differs in {name} "
+                f"(saved {getattr(saved_model, name)!r}, now {value!r})",
+                path,
+            )
+    for name, saved, value in resume_differences(json.loads(state["train_config"]), now.train_cfg):
+        raise ConfigError(
+            f"cannot resume: train config differs in {name} (saved {saved!r}, now {value!r})", path
+        )
+    if "data" not in state:  # written before corpus digests were kept
+        log.warning("%s holds no corpus digests: cannot check that the corpus is the same", path)
+        return
+    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt"):
+        before, after = state["data"].get(name), now.data.get(name)
+        if (before or {}).get("sha256") != (after or {}).get("sha256"):
+            what = "training corpus" if name.startswith("train") else "dev set"
+            raise ConfigError(
+                f"cannot resume: the {what} differs: {name} was {_describe(before)}, now {_describe(after)}",
+                path,
+            )
+    if state["subword"] != now.subword:
+        raise ConfigError(
+            f"cannot resume: the subword model differs (saved sha256 {state['subword']}, now {now.subword})",
+            path,
+        )
+
+
+def _describe(facts: dict[str, Any] | None) -> str:
+    return "none" if not facts else f"{facts['path']} (sha256 {facts['sha256']}, {facts['lines']} lines)"
+
+
+def update_best(c: Counters, v: Validation | None, cfg: TrainConfig, scheduled: bool = True) -> bool:
+    """Record a validation in the counters; True when its model becomes model.nmt (best dev BLEU so far).
+
+    Only scheduled validations (every valid_every steps) move best, patience and the plateau scale: an
+    extra one where a limit stops the run between two would make a resumed run differ from an
+    uninterrupted one. Any validation may replace model.nmt with a better model.
+    """
     if v is None or v.bleu is None:
         return True  # nothing to compare: the latest model is the one to keep
-    improved = v.bleu > c.best_bleu
-    if improved:
+    if scheduled and v.bleu > c.best_bleu:
         c.best_bleu, c.best_step, c.bad_validations = v.bleu, c.step, 0
-    else:
+    elif scheduled:
         c.bad_validations += 1
         if cfg.schedule == "plateau" and c.bad_validations % cfg.plateau_patience == 0:
             c.plateau_scale *= cfg.plateau_factor
-    return improved
+    keep = v.bleu > c.kept_bleu
+    if keep:
+        c.kept_bleu, c.kept_step = v.bleu, c.step
+    return keep
 
 
 def record_train(
@@ -93,6 +159,7 @@ def record_train(
             "lr": lr,
             "tok_s": round(tok_s, 1),
             "tokens": c.tokens,
+            "batch": [c.epoch, c.batch_in_epoch - 1],  # which batch of which epoch: each is seen once
         },
     )
     if not quiet:
@@ -105,6 +172,7 @@ def record_train(
 def record_validation(
     out: Path, c: Counters, v: Validation, improved: bool, wall: float, quiet: bool
 ) -> None:
+    """One validation line; best_bleu is model.nmt's."""
     append_jsonl(
         out / "log.jsonl",
         {
@@ -114,7 +182,7 @@ def record_validation(
             "dev_loss": round(v.loss, 4),
             "dev_ppl": round(v.ppl, 2),
             "dev_bleu": v.bleu,
-            "best_bleu": max(c.best_bleu, 0.0),
+            "best_bleu": max(c.kept_bleu, 0.0),
         },
     )
     if not quiet:
@@ -132,13 +200,17 @@ def save_run(
     improved: bool,
     cfg: TrainConfig,
 ) -> None:
-    """last.nmt, model.nmt when improved, step-N.nmt (the last keep_last), then the resume state."""
+    """last.nmt, model.nmt when improved, step-N.nmt (the last keep_last), then the resume state.
+
+    The resume state goes last: it is the commit point. Killed before it is replaced, a resumed run
+    redoes the steps since the previous one and writes the same model files again.
+    """
     save_model(out / "last.nmt", model, subword, facts)
     if improved:
         save_model(out / "model.nmt", model, subword, facts)
     if cfg.keep_last:
         save_model(out / f"step-{c.step}.nmt", model, subword, facts)
-        for old in sorted(out.glob("step-*.nmt"), key=lambda p: int(p.stem[5:]))[: -cfg.keep_last]:
+        for old in sorted(_numbered(out, STEP_FILE), key=lambda p: _number(p, STEP_FILE))[: -cfg.keep_last]:
             old.unlink()
     save_trainer_state(
         out / "trainer_state.pt",
@@ -149,5 +221,52 @@ def save_run(
             "torch_rng": torch.get_rng_state(),
             "model_config": to_json(model.cfg),
             "train_config": to_json(cfg),
+            "data": facts.get("data", {}),
+            "subword": subword_digest(subword),
         },
     )
+
+
+def _numbered(out: Path, pattern: re.Pattern[str]) -> list[Path]:
+    return [p for p in out.iterdir() if pattern.fullmatch(p.name)]
+
+
+def _number(path: Path, pattern: re.Pattern[str]) -> int:
+    match = pattern.fullmatch(path.name)
+    assert match is not None
+    return int(match.group(1))
+
+
+def prepare_run_dir(out: Path, resume_step: int | None, subword: Subword) -> None:
+    """Make out ready for the loop, once every argument has been checked (nothing is lost to a typo).
+
+    A fresh run (resume_step None) clears what an earlier run left; a resumed run drops the log lines of
+    steps after the resume state's, which the killed or stopped process did and this one redoes.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for leftover in _numbered(out, TEMP_FILE):
+        leftover.unlink(missing_ok=True)
+    if resume_step is None:
+        for stale in [out / "log.jsonl", out / "trainer_state.pt"]:
+            stale.unlink(missing_ok=True)
+        for stale in _numbered(out, STEP_FILE) + _numbered(out, MINUTE_FILE):
+            stale.unlink()
+    else:
+        _trim_log(out / "log.jsonl", resume_step)
+    subword.save(out / "spm.model")
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log lines up to step; a line cut short by a kill is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_bytes().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith(b"\n") and record.get("step", 0) <= step:
+            kept.append(line)
+    with atomic_write(path) as f:
+        f.write(b"".join(kept))

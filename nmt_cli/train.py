@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -19,15 +21,19 @@ from nmt_cli.loss import backward, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
 from nmt_cli.run_files import (
     Counters,
+    RunIdentity,
     file_facts,
+    prepare_run_dir,
     record_train,
     record_validation,
     restore,
     save_run,
+    subword_digest,
     update_best,
 )
 from nmt_cli.schedule import learning_rate
 from nmt_cli.subword import Subword
+from nmt_cli.textio import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ class TrainSummary(NamedTuple):
     wall: float
     best_bleu: float | None
     best_step: int
-    stopped: str  # why training ended: max-steps, epochs, time-budget, patience
+    stopped: str  # why training ended: max-steps, epochs, time-budget, patience, SIGINT, SIGTERM
     model_path: Path
 
 
@@ -81,15 +87,28 @@ class Run(NamedTuple):
     out_dir: Path
 
 
-def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: bool = False) -> TrainSummary:
-    """Train until a limit is reached; saves last.nmt, model.nmt (best dev BLEU) and trainer_state.pt."""
+def fit(
+    run: Run,
+    resume: bool = False,
+    start_time: float | None = None,
+    quiet: bool = False,
+    interrupt: Callable[[], str] | None = None,
+) -> TrainSummary:
+    """Train until a limit is reached; saves last.nmt, model.nmt (best dev BLEU) and trainer_state.pt.
+
+    Nothing in out_dir changes until every input has been read and checked. interrupt, asked before each
+    update, returns why to stop at once (e.g. "SIGTERM") or "": then the resume state is saved without
+    a validation and the summary's stopped is that reason.
+    """
     cfg, out = run.train_cfg, run.out_dir
     start = start_time if start_time is not None else time.time()
     if not (cfg.max_steps or cfg.epochs or cfg.time_budget):
         raise ConfigError("give a limit: --max-steps, --epochs or --time-budget")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run gets a fresh log
+    if run.model_cfg.vocab_size != run.subword.vocab_size:
+        raise ConfigError(
+            f"model vocab_size {run.model_cfg.vocab_size} does not match the subword model's "
+            f"{run.subword.vocab_size}"
+        )
     train, report = load_parallel(run.data.train_src, run.data.train_tgt, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
@@ -99,7 +118,10 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
     model = build_model(run.model_cfg)
     kernels = cpu.install(model)
     optimizer = build_optimizer(model, cfg)
-    c = restore(out / "trainer_state.pt", model, optimizer, run.model_cfg) if resume else Counters()
+    data_facts = {k: file_facts(v) for k, v in asdict(run.data).items() if v}
+    identity = RunIdentity(run.model_cfg, cfg, data_facts, subword_digest(run.subword))
+    c = restore(out / "trainer_state.pt", model, optimizer, identity) if resume else Counters()
+    prepare_run_dir(out, c.step if resume else None, run.subword)
     log.info(
         "model: %s parameters, %s attention, input feeding %s, kernels %s",
         f"{count_parameters(model):,}",
@@ -108,25 +130,29 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
         kernels,
     )
     info_base = {
-        "data": {k: file_facts(v) for k, v in asdict(run.data).items() if v},
+        "data": data_facts,
         "train_config": to_json(cfg),
         "parameters": count_parameters(model),
         "kernels": kernels,
         "nmt": __version__,
         "torch": torch.__version__,
     }
-    return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet)
+    return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet, interrupt)
 
 
 def _load_dev(run: Run) -> tuple[list[Example], list[str] | None]:
-    """Dev examples (long pairs kept: every line counts) and the raw references for BLEU."""
+    """Dev examples (long pairs kept: every line counts) and their raw reference lines for BLEU.
+
+    The references are the lines as written, as `nmt evaluate` scores them: decode(encode(line)) would
+    turn characters outside the vocabulary into the same unknown piece on both sides, and match them.
+    """
     if not run.data.dev_src:
         return [], None
     dev, _ = load_parallel(run.data.dev_src, run.data.dev_tgt, run.subword, max_len=10_000)
     limit = run.train_cfg.valid_max_sentences
     dev = dev[:limit] if limit else dev
-    refs = [run.subword.decode(ex.tgt) for ex in dev]  # decoded, so refs align with the kept lines
-    return dev, refs
+    lines = read_lines(run.data.dev_tgt)
+    return dev, [lines[ex.line - 1] for ex in dev]
 
 
 def _skips(report: object) -> str:
@@ -154,11 +180,12 @@ def _loop(
     info: dict,
     start: float,
     quiet: bool,
+    interrupt: Callable[[], str] | None,
 ) -> TrainSummary:
     cfg = run.train_cfg
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
     window_tokens, window_start = 0, time.time()
-    next_snapshot = cfg.save_every_minutes * 60
+    snapshots = _Snapshots(cfg.save_every_minutes * 60, clock.elapsed())
     n_epoch_tokens = sum(len(ex.tgt) + 1 for ex in train)
     model.train()
     while not stopped:
@@ -167,7 +194,8 @@ def _loop(
             epoch_progress = c.epoch + c.batch_in_epoch / len(batches)
             # before the first validation its cost is unknown (an untrained model decodes to the length cap)
             guard = reserve * 1.2 + 2.0 if reserve else min(0.15 * cfg.time_budget, 120.0)
-            if stopped := _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard):
+            asked = interrupt() if interrupt else ""
+            if stopped := asked or _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard):
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
             c.step, c.batch_in_epoch = c.step + 1, c.batch_in_epoch + 1
@@ -189,7 +217,7 @@ def _loop(
                     quiet,
                 )
                 window_tokens, window_start = 0, now
-            if cfg.save_every_minutes and clock.elapsed() >= next_snapshot:
+            if snapshots.due(clock.elapsed()):  # for learning curves by wall clock
                 minute = int(clock.elapsed() // 60)
                 save_model(
                     run.out_dir / f"min-{minute:03d}.nmt",
@@ -197,7 +225,6 @@ def _loop(
                     run.subword,
                     dict(info, step=c.step, wall=round(clock.elapsed(), 1)),
                 )
-                next_snapshot += cfg.save_every_minutes * 60  # for learning curves by wall clock
             if c.step % cfg.valid_every == 0:
                 began = time.time()
                 _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet)
@@ -206,18 +233,39 @@ def _loop(
         else:
             c.epoch, c.batch_in_epoch = c.epoch + 1, 0
     if c.step != saved_step or not (run.out_dir / "model.nmt").exists():
-        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet)
-    best = c.best_bleu if c.best_bleu >= 0 else None
+        # a stop between two validations: validate (unless interrupted: then save at once) for the
+        # report and model.nmt, not for the schedule's counters
+        extra = "off" if interrupt and interrupt() else "extra"
+        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, extra)
+    best = c.kept_bleu if c.kept_bleu >= 0 else None
     return TrainSummary(
         c.step,
         c.tokens / n_epoch_tokens,
         c.tokens,
         clock.elapsed(),
         best,
-        c.best_step,
+        c.kept_step,
         stopped,
         run.out_dir / "model.nmt",
     )
+
+
+class _Snapshots:
+    """When the next min-M.nmt is due: at each multiple of the interval, counted on the run's clock
+    (earlier runs of a resumed training included); a pause over several intervals gives one snapshot."""
+
+    def __init__(self, interval: float, now: float):
+        self.interval = interval
+        self.next = self._after(now)
+
+    def _after(self, now: float) -> float:
+        return (math.floor(now / self.interval) + 1) * self.interval if self.interval else math.inf
+
+    def due(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        self.next = self._after(now)
+        return True
 
 
 def train_step(
@@ -245,10 +293,18 @@ def _checkpoint(
     clock: _Clock,
     n_epoch_tokens: int,
     quiet: bool,
+    validation: str = "scheduled",
 ) -> None:
-    """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state."""
-    v = validate(model, dev, run.subword, refs) if dev else None
-    improved = update_best(c, v, run.train_cfg)
+    """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state.
+
+    validation: "scheduled" (every valid_every steps: moves patience and plateau), "extra" (at a stop
+    between two: may only replace model.nmt) or "off" (a signal: save at once; model.nmt only if none).
+    """
+    v = validate(model, dev, run.subword, refs) if dev and validation != "off" else None
+    if dev and v is None:
+        improved = not (run.out_dir / "model.nmt").exists()
+    else:
+        improved = update_best(c, v, run.train_cfg, scheduled=validation == "scheduled")
     c.wall = clock.elapsed()
     facts = dict(
         info, step=c.step, epochs=round(c.tokens / n_epoch_tokens, 4), tokens=c.tokens, wall=round(c.wall, 1)

@@ -92,3 +92,34 @@ def trained(tmp_path_factory, corpus, subword) -> Path:
     # step 150's model: model.nmt is the best of the two validations by dev BLEU, which this close to
     # zero is a coin toss, and step 75's translates the dev set to a handful of distinct lines
     return out / "last.nmt"
+
+
+# `nmt train` arguments for CLI runs: a tiny model that validates every 4 updates on 8 dev sentences
+# and logs every update
+RUN_TOML = """
+[model]
+emb_size = 32
+encoder_hidden = 32
+decoder_hidden = 64
+dropout = 0.2
+input_feeding = false
+
+[train]
+lr = 5e-3
+batch_tokens = 400
+valid_every = 4
+valid_max_sentences = 8
+log_every = 1
+"""
+
+
+@pytest.fixture
+def train_args(tmp_path, corpus, subword):
+    """The command's fixed arguments: corpus, dev set, subword model and the run file."""
+    (tmp_path / "run.toml").write_text(RUN_TOML)
+    subword.save(tmp_path / "spm.model")
+    return [
+        "--src", corpus.train_src, "--tgt", corpus.train_tgt,
+        "--dev-src", corpus.dev_src, "--dev-tgt", corpus.dev_tgt,
+        "--spm", tmp_path / "spm.model", "--config", tmp_path / "run.toml", "--quiet",
+    ]  # fmt: skip

@@ -1,18 +1,19 @@
 """Training: losses fall, resume equals an uninterrupted run, budgets and limits stop it cleanly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from nmt_cli.checkpoint import load_model
-from nmt_cli.config import ModelConfig, TrainConfig
+from nmt_cli.config import TrainConfig
 from nmt_cli.data import collate, load_parallel
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import Validation, backward_in_chunks, token_loss
 from nmt_cli.model import build_model
 from nmt_cli.train import Run, fit
-from tests.conftest import tiny_model_config
+from tests.conftest import head, tiny_model_config
 
 FAST = dict(lr=5e-3, batch_tokens=400, log_every=2, valid_every=4, valid_max_sentences=8)
 
@@ -128,8 +129,38 @@ def test_label_smoothing_mixes_in_the_uniform_distribution(corpus, subword):
     assert torch.allclose(smoothed, 0.9 * nll + 0.1 * uniform, rtol=1e-5)
 
 
-def test_model_config_vocab_must_match(subword):
-    assert isinstance(tiny_model_config(subword.vocab_size), ModelConfig)
+def test_model_config_vocab_must_match(tmp_path, corpus, subword):
+    # one more id than the subword model has: refused before anything is written
+    model_cfg = tiny_model_config(subword.vocab_size + 1)
+    run = run_for(tmp_path, corpus, subword, "v", max_steps=1, model_cfg=model_cfg)
+    expected = (
+        f"model vocab_size {subword.vocab_size + 1} does not match the subword model's {subword.vocab_size}"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        fit(run, quiet=True)
+    assert not run.out_dir.exists()
+
+
+def test_dev_bleu_is_scored_against_the_raw_references(tmp_path, corpus, subword, monkeypatch):
+    # characters the subword model never saw: decode(encode(line)) would turn them into the unknown piece
+    # on both sides, and count them as matches
+    import nmt_cli.train as train_module
+
+    lines = Path(corpus.dev_tgt).read_text(encoding="utf-8").splitlines()[:8]
+    lines[0] += " \u2603\u03a9"  # a snowman and an omega
+    dev_src, dev_tgt = head(Path(corpus.dev_src), tmp_path / "dev.en", 8), tmp_path / "dev.de"
+    dev_tgt.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    seen = []
+
+    def scripted(model, dev, sub, refs):
+        seen.append(refs)
+        return Validation(1.0, 2.7, 1.0, "sig")
+
+    monkeypatch.setattr(train_module, "validate", scripted)
+    run = run_for(tmp_path, corpus, subword, "d", max_steps=4)
+    data = run.data.__class__(corpus.train_src, corpus.train_tgt, str(dev_src), str(dev_tgt))
+    fit(run._replace(data=data), quiet=True)
+    assert seen == [lines]
 
 
 @pytest.mark.parametrize("smoothing, tied", [(0.1, False), (0.0, False), (0.1, True)])
