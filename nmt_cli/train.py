@@ -154,7 +154,7 @@ def _loop(
 ) -> TrainSummary:
     cfg = run.train_cfg
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
-    window_tokens, window_start = 0, time.time()
+    window_tokens, window_loss, window_start = 0, 0.0, time.time()
     next_snapshot = cfg.save_every_minutes * 60
     n_epoch_tokens = sum(len(ex.tgt) + 1 for ex in train)
     model.train()
@@ -173,19 +173,20 @@ def _loop(
             )
             loss = train_step(model, optimizer, batch, cfg, lr)
             c.tokens, window_tokens = c.tokens + batch.n_tokens, window_tokens + batch.n_tokens
+            window_loss += loss * batch.n_tokens  # reports show the window's mean, not one batch's swing
             if c.step % cfg.log_every == 0:
                 now = time.time()
                 record_train(
                     run.out_dir,
                     c,
-                    loss,
+                    window_loss / window_tokens,
                     lr,
                     window_tokens / (now - window_start),
                     clock.elapsed(),
                     c.tokens / n_epoch_tokens,
                     quiet,
                 )
-                window_tokens, window_start = 0, now
+                window_tokens, window_loss, window_start = 0, 0.0, now
             if cfg.save_every_minutes and clock.elapsed() >= next_snapshot:
                 minute = int(clock.elapsed() // 60)
                 save_model(
