@@ -13,7 +13,7 @@ import torch
 from nmt_cli import __version__, gemm
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
-from nmt_cli.data import Batch, Example, collate, load_parallel, token_batches
+from nmt_cli.data import Batch, Example, LoadReport, collate, load_parallel, token_batches
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import backward_in_chunks, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
@@ -94,7 +94,7 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
     dev, refs = _load_dev(run)
-    log.info("training pairs: %d kept of %d (%s)", len(train), report.total, _skips(report))
+    log.info("training pairs: %d kept of %d%s", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
     model = build_model(run.model_cfg)
     optimizer = build_optimizer(model, cfg)
@@ -126,8 +126,12 @@ def _load_dev(run: Run) -> tuple[list[Example], list[str] | None]:
     return dev, refs
 
 
-def _skips(report: object) -> str:
-    return ", ".join(f"{k} {v}" for k, v in report._asdict().items() if k.startswith("skipped") and v)  # type: ignore[attr-defined]
+def _skips(report: LoadReport) -> str:
+    """' (skipped: 2 empty, 3 too long)', or nothing when every pair was kept."""
+    parts = [
+        f"{n} {what}" for n, what in ((report.skipped_empty, "empty"), (report.skipped_long, "too long")) if n
+    ]
+    return f" (skipped: {', '.join(parts)})" if parts else ""
 
 
 class _Clock:

@@ -201,3 +201,18 @@ def test_each_report_shows_the_mean_loss_over_its_window(tmp_path, corpus, subwo
     assert train[0]["loss"] == pytest.approx((1 * n1 + 3 * n2) / (n1 + n2), abs=1e-4)
     assert train[1]["loss"] == pytest.approx((2 * n3 + 6 * n4) / (n3 + n4), abs=1e-4)
 
+
+@pytest.mark.parametrize("max_len", [10_000, 12])
+def test_kept_pairs_line_names_skips_only_when_there_are_some(
+    tmp_path, corpus, subword, caplog, monkeypatch, max_len
+):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nmt_cli.train")
+    monkeypatch.setattr(logging.getLogger("nmt_cli"), "propagate", True)  # CLI tests route it to rich only
+    fit(run_for(tmp_path, corpus, subword, "k", max_steps=1, valid_every=100, max_len=max_len), quiet=True)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training pairs:")]
+    if max_len == 10_000:
+        assert line.endswith("kept of 1500") and "(" not in line, line  # nothing skipped: no "()" either
+    else:
+        assert line.endswith(" too long)") and "(skipped: " in line and "empty" not in line, line
