@@ -116,9 +116,9 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
     """Rebuild the model in eval mode from a model.nmt file, without unpickling anything.
 
     The file is memory-mapped (copy on write) and its tensors become the parameters (assign=True), so
-    the weights are not copied: against reading the bytes and copying them into a built model, peak
-    RSS drops from 324 to 278 MB and loading from 0.16-0.21 to 0.12-0.13 s for base-rnn. (Building on the meta
-    device instead costs a second: the first device context imports half of torch.)
+    the weights are not copied: less memory and a faster load than reading and copying them
+    (docs/performance.md). The model is not built on the meta device: the first device context imports
+    half of torch.
     mapped=False reads each tensor into memory of its own instead. A mapped page, once read, stays
     resident as long as any tensor of the file lives, unless given back (pages.release_file_pages, as
     the packed fp32 and the int8 layers do with the weights they replace).
@@ -174,8 +174,8 @@ def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, 
 
 def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:
     """Optimizer, scheduler, RNG states and counters; plain containers only, so no pickle is needed.
-    Streamed to the file: through a buffer, a base-rnn save held two extra copies (bench/profiles.py
-    save-memory: peak RSS +189 MB for the whole save_run, +3 MB streamed)."""
+    Streamed to the file: through a buffer, a save held two extra copies of the state
+    (docs/performance.md)."""
     with atomic_write(path) as f:
         torch.save(state, f)
 

@@ -81,8 +81,7 @@ def _collector_skips_what_exists() -> Iterator[None]:
     """The objects that exist now (torch, the model) are left out of garbage collection meanwhile.
 
     They live to the end anyway, and each full collection would scan them all again while decoding
-    makes many short-lived objects: about 0.1 s per 1,000 lines, 8 % of int8 greedy decoding when the
-    decoder LSTM is int8 too (1.2 s), within the noise of the 2.8 s it takes with an fp32 decoder cell.
+    makes many short-lived objects, a cost that shows in fast int8 decoding (docs/performance.md).
     """
     gc.freeze()
     try:
