@@ -25,7 +25,7 @@ REPEATS=${REPEATS:-3}
 K=${K:-50}
 export OMP_NUM_THREADS=${THREADS:-2}
 # translate sets this itself since e80de7e; older revisions need it here to be compared fairly (on shared
-# cores, spinning OpenMP threads slow 2-thread decoding by 2-10x)
+# cores, spinning OpenMP threads slow 2-thread decoding down: docs/performance.md)
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY="$ROOT/.venv/bin/python"

@@ -1,4 +1,4 @@
-"""Where training and decoding time and memory go: the measurements behind BENCHMARKS.md's profiles.
+"""Where training and decoding time and memory go: the measurements behind docs/performance.md.
 
     python bench/profiles.py train [--updates 8]    torch.profiler over base-rnn updates, and GFLOP/s per
                                                    matmul shape

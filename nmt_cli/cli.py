@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from nmt_cli import cmd_analysis, cmd_data, cmd_eval, cmd_model, cmd_train, cmd_translate
-from nmt_cli.cli_base import reports_errors
+from nmt_cli import __version__, cmd_analysis, cmd_data, cmd_eval, cmd_model, cmd_train, cmd_translate
+from nmt_cli.cli_base import reports_errors, write_stdout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +16,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="RNN-attention neural machine translation: prepare, train, translate, evaluate, plot.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        write_stdout(f"nmt {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Options that come before the command."""
+
+
 subword_app = typer.Typer(no_args_is_help=True, help="Encode or decode text with a SentencePiece model.")
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against this machine's limit.")

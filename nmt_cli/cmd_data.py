@@ -20,13 +20,16 @@ def prepare(
     model_type: str = typer.Option("unigram", help="SentencePiece model type: unigram, bpe, char, word."),
     character_coverage: float = typer.Option(1.0, help="Share of characters the model must cover."),
     as_json: bool = typer.Option(False, "--json", help="Print the corpus report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Check a parallel corpus and train one joint SentencePiece model on both sides."""
     from nmt_cli.config import SubwordConfig
+    from nmt_cli.console import working
     from nmt_cli.prepare import prepare_corpus
 
     cfg = SubwordConfig(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage)
-    report = prepare_corpus(src, tgt, out, cfg)
+    with working("prepare: checking the corpus, training the subword model", quiet):
+        report = prepare_corpus(src, tgt, out, cfg)
     write_stdout(json.dumps(report, ensure_ascii=False) + "\n" if as_json else _report_text(report))
 
 

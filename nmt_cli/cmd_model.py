@@ -94,12 +94,13 @@ def tune(
     shortlist: int = typer.Option(0, "--shortlist", help="As translate --shortlist K (0: full vocabulary)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object with every setting's numbers."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-setting lines on stderr."),
 ) -> None:
     """Translate a dev set with each beam size and alpha: BLEU, length ratio, empty outputs, time."""
     from nmt_cli import analysis
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
-    from nmt_cli.console import console
+    from nmt_cli.console import console, progress
     from nmt_cli.textio import read_parallel
     from nmt_cli.translate import for_decoding, shortlist_setting
 
@@ -115,10 +116,16 @@ def tune(
     loaded = for_decoding(load_model(model), int8)
     columns = shortlist_setting(loaded, settings[0])
     rows = []
-    for cfg in settings:
-        [row] = analysis.sweep(loaded, src_lines, refs, [cfg], batch_size, columns)
-        console.print(f"beam {cfg.beam_size} alpha {_alpha(row)}: BLEU {row.bleu:.2f}", highlight=False)
-        rows.append(row)
+    with progress(quiet) as bar:
+        task = bar.add_task("tune", total=len(settings))
+        for cfg in settings:
+            [row] = analysis.sweep(loaded, src_lines, refs, [cfg], batch_size, columns)
+            if not quiet:
+                console.print(
+                    f"beam {cfg.beam_size} alpha {_alpha(row)}: BLEU {row.bleu:.2f}", highlight=False
+                )
+            rows.append(row)
+            bar.advance(task)
     if as_json:
         record = {"model": loaded.digest, "signature": rows[0].signature, "lines": len(src_lines)}
         record.update(int8=int8, shortlist=shortlist)
@@ -158,10 +165,13 @@ def _tune_table(rows: list[Any]) -> str:
 def average(
     models: list[Path] = typer.Argument(..., help="Model files to average (e.g. runs/x/step-*.nmt)."),
     output: Path = typer.Option(..., "-o", "--output", help="The averaged model file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Average the weights of several checkpoints of one run into one model file."""
     from nmt_cli.checkpoint import average_models, save_model
+    from nmt_cli.console import working
 
-    averaged = average_models([str(m) for m in models])
-    save_model(output, averaged.model, averaged.subword, averaged.info)
+    with working(f"average: {len(models)} model files", quiet):
+        averaged = average_models([str(m) for m in models])
+        save_model(output, averaged.model, averaged.subword, averaged.info)
     write_stdout(f"{output}\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ def _collector_skips_what_exists() -> Iterator[None]:
     """The objects that exist now (torch, the model) are left out of garbage collection meanwhile.
 
     They live to the end anyway, and each full collection would scan them all again while decoding
-    makes many short-lived objects (docs/performance.md, "garbage collection").
+    makes many short-lived objects, a cost that shows in fast int8 decoding (docs/performance.md).
     """
     gc.freeze()
     try:
@@ -98,7 +99,7 @@ def translate(
 
     from nmt_cli.checkpoint import load_model
     from nmt_cli.config import DecodeConfig
-    from nmt_cli.console import console, setup_logging
+    from nmt_cli.console import console, progress, setup_logging
     from nmt_cli.translate import decode_signature, for_decoding, translate_lines
 
     _check_format(fmt)
@@ -125,14 +126,37 @@ def translate(
     translations = translate_lines(
         _input_chunks(input_file, batch_size), loaded, cfg, batch_size, max_input_tokens, with_attention
     )
-    with _collector_skips_what_exists():
-        count = _write((_format(t, fmt, signature, with_attention) for t in translations), output)
+    # lines printed to a terminal show their own progress; a bar would only cut through them
+    bar_off = quiet or (output is None and sys.stdout.isatty())
+    with _collector_skips_what_exists(), progress(bar_off) as bar:
+        task = bar.add_task("translate", total=_line_count(input_file))
+        texts = (_format(t, fmt, signature, with_attention) for t in translations)
+        count = _write(_advancing(texts, bar, task), output)
     if not quiet:
         seconds = time.time() - began
         console.print(
             f"translated {count} lines in {seconds:.2f}s ({count / max(seconds, 1e-9):.1f} lines/s)",
             highlight=False,
         )
+
+
+def _line_count(input_file: str) -> int | None:
+    """Lines in a regular file (a last line without '\\n' counts); None for stdin or a pipe."""
+    path = Path(input_file)
+    if input_file == "-" or not path.is_file():
+        return None
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            count, last = count + block.count(b"\n"), block[-1:]
+    return count + (last != b"\n")
+
+
+def _advancing(texts, bar, task):  # noqa: ANN001, ANN202 - Iterable[str], Progress, TaskID -> Iterator[str]
+    """Each text as it comes; the bar moves on once the caller has written it."""
+    for text in texts:
+        yield text
+        bar.advance(task)
 
 
 def _input_chunks(input_file: str, batch_size: int):  # noqa: ANN202 - Iterator[list[str]]

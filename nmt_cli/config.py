@@ -224,7 +224,7 @@ class DataConfig:
 
 
 # Named recipes: field overrides for (ModelConfig, TrainConfig). base-rnn is the side-by-side protocol
-# model of BENCHMARKS-PEERS.md; toy trains the embedded corpus in data/ in about two minutes on 2 cores.
+# model of BENCHMARKS-PEERS.md; toy is sized to learn the embedded corpus in data/ quickly (make demo).
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "base-rnn": (
         dict(

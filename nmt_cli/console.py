@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -28,17 +30,29 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def progress(quiet: bool = False) -> Progress:
-    """A progress bar on stderr; disabled when stderr is not a terminal or with --quiet."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A transient progress bar on stderr; disabled when stderr is not a terminal or with --quiet.
+
+    A task added with total=None shows a pulsing bar: work whose size is unknown until it is done.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
+        MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
         console=console,
         disable=quiet or not console.is_terminal,
         transient=True,
+        redirect_stdout=False,  # results written meanwhile must stay on stdout, not join the bar on stderr
     )
+
+
+@contextmanager
+def working(description: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner on stderr while one call of unknown length runs; nothing off a terminal or with --quiet."""
+    if quiet or not console.is_terminal:
+        yield
+        return
+    with console.status(description):
+        yield

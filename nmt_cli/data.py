@@ -48,8 +48,8 @@ def load_parallel(src_path: str | Path, tgt_path: str | Path, subword: Subword, 
     src_lines, tgt_lines = read_parallel(src_path, tgt_path)  # count mismatch names both files
     src_ids, tgt_ids = subword.encode_batch(src_lines), subword.encode_batch(tgt_lines)
     del src_lines, tgt_lines
-    # one int object per id, shared by every example: each token then costs its list slot (8 bytes), not
-    # a 28-byte int of its own as well (Multi30k train: load_parallel adds 23 MB to RSS instead of 32)
+    # one int object per id, shared by every example: a token costs its list slot, not an int object of
+    # its own as well (docs/performance.md)
     shared = list(range(subword.vocab_size))
     examples: list[Example] = []
     empty: list[int] = []

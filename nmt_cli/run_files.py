@@ -145,7 +145,7 @@ def update_best(c: Counters, v: Validation | None, cfg: TrainConfig, scheduled: 
 def record_train(
     out: Path, c: Counters, loss: float, lr: float, tok_s: float, wall: float, epochs: float, quiet: bool
 ) -> None:
-    """One report line: to log.jsonl, and to stderr unless quiet."""
+    """One report line to log.jsonl, and to stderr unless quiet; loss: the window's mean per token."""
     ppl = round(math.exp(min(loss, 50.0)), 2)
     append_jsonl(
         out / "log.jsonl",

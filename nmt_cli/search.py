@@ -133,7 +133,7 @@ class _Rows(NamedTuple):
 
         Once the rows own their tensors, rows move in place and the rest become views of the first
         rows: copying them to new tensors at every compaction held two copies of the memory and keys
-        at once and left holes of every size in the heap (peak RSS 22-28 MB higher). Before, they are
+        at once and left holes of every size in the heap (docs/performance.md). Before, they are
         copied once, so that a caller's encoder output stays as it was.
         """
         count = len(done) - int(done.sum())
@@ -156,7 +156,7 @@ class _Rows(NamedTuple):
 
 def _cat_rows(a: Tensor, b: Tensor) -> Tensor:
     """a's rows, then b's, over the wider of their source axes (dim 1), zeros in the padding: written into
-    one new tensor, with no padded copy of either on the way (int8 + shortlist greedy joins: 7.8 MB)."""
+    one new tensor, with no padded copy of either on the way (docs/performance.md)."""
     out = a.new_zeros(len(a) + len(b), max(a.size(1), b.size(1)), *a.shape[2:])
     out[: len(a), : a.size(1)] = a
     out[len(a) :, : b.size(1)] = b
@@ -224,7 +224,7 @@ def _log_probs(logits: Tensor, lists: RowLists | None) -> Tensor:
     """A step's log-probabilities: over all columns (N, V), or with shortlists over each row's own (N, L).
 
     Over all columns they are written over the logits (the same bits as F.log_softmax): one (N, V) tensor
-    fewer per step, and beam 5 int8's peak RSS 310-334 MB against 327-357. Search ranks a row's own
+    fewer per step, which lowers beam search's peak memory (docs/performance.md). Search ranks a row's own
     columns only: a tenth of the batch's union or less, and they hold the special ids first, as columns
     0..3, so _mask_log_probs masks them by the same positions. Own columns ascend, so a tie goes to the
     lowest column either way.
@@ -275,7 +275,7 @@ def greedy_refilled(
             slots = torch.tensor([free.pop() for _ in range(len(group.ids))])
             rows, room = _join(rows, group, slots, cfg), room - len(group.ids)
             # rows hold what they need of it; kept, the group's encoder output would outlive every
-            # compaction of the rows, one more copy of the batch's largest tensors (int8 + shortlist: 11 MB)
+            # compaction of the rows, one more copy of the batch's largest tensors (docs/performance.md)
             del group
             history = history or SlotHistory(capacity, rows.enc.memory)
             history.reserve(int(rows.sents.caps.max()), rows.enc.mask.size(1))
@@ -459,7 +459,7 @@ def beam_search(
     for t in range(int(sents.caps.max()) if len(sents.ids) else 0):
         logits, step_state, attention = model.decode_step(prev, state, enc)
         # each (N, V) tensor is let go as soon as it is used: the last step's logits and candidates were
-        # kept while this one made its own (5 MB each at 160 rows of 8,000 columns, in every worker)
+        # kept while this one made its own, in every worker (docs/performance.md)
         candidates = _candidate_log_probs(_log_probs(logits, lists), beam.finished, t, cfg)
         del logits
         choice = _top_k(beam.log_prob, candidates, k)

@@ -15,7 +15,7 @@ import torch
 from nmt_cli import __version__, cpu
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
-from nmt_cli.data import Batch, Example, collate, load_parallel, token_batches
+from nmt_cli.data import Batch, Example, LoadReport, collate, load_parallel, token_batches
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import backward, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
@@ -113,7 +113,7 @@ def fit(
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
     dev, refs = _load_dev(run)
-    log.info("training pairs: %d kept of %d (%s)", len(train), report.total, _skips(report))
+    log.info("training pairs: %d kept of %d%s", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
     model = build_model(run.model_cfg)
     kernels = cpu.install(model)
@@ -155,8 +155,12 @@ def _load_dev(run: Run) -> tuple[list[Example], list[str] | None]:
     return dev, [lines[ex.line - 1] for ex in dev]
 
 
-def _skips(report: object) -> str:
-    return ", ".join(f"{k} {v}" for k, v in report._asdict().items() if k.startswith("skipped") and v)  # type: ignore[attr-defined]
+def _skips(report: LoadReport) -> str:
+    """' (skipped: 2 empty, 3 too long)', or nothing when every pair was kept."""
+    parts = [
+        f"{n} {what}" for n, what in ((report.skipped_empty, "empty"), (report.skipped_long, "too long")) if n
+    ]
+    return f" (skipped: {', '.join(parts)})" if parts else ""
 
 
 class _Clock:
@@ -184,7 +188,7 @@ def _loop(
 ) -> TrainSummary:
     cfg = run.train_cfg
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
-    window_tokens, window_start = 0, time.time()
+    window_tokens, window_loss, window_start = 0, 0.0, time.time()
     snapshots = _Snapshots(cfg.save_every_minutes * 60, clock.elapsed())
     n_epoch_tokens = sum(len(ex.tgt) + 1 for ex in train)
     model.train()
@@ -204,19 +208,20 @@ def _loop(
             )
             loss = train_step(model, optimizer, batch, cfg, lr)
             c.tokens, window_tokens = c.tokens + batch.n_tokens, window_tokens + batch.n_tokens
+            window_loss += loss * batch.n_tokens  # reports show the window's mean, not one batch's swing
             if c.step % cfg.log_every == 0:
                 now = time.time()
                 record_train(
                     run.out_dir,
                     c,
-                    loss,
+                    window_loss / window_tokens,
                     lr,
                     window_tokens / (now - window_start),
                     clock.elapsed(),
                     c.tokens / n_epoch_tokens,
                     quiet,
                 )
-                window_tokens, window_start = 0, now
+                window_tokens, window_loss, window_start = 0, 0.0, now
             if snapshots.due(clock.elapsed()):  # for learning curves by wall clock
                 minute = int(clock.elapsed() // 60)
                 save_model(

@@ -21,6 +21,14 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
+def test_version():
+    from nmt_cli import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"nmt {__version__}\n" and result.stderr == ""
+    assert __version__ == "0.1.0"
+
+
 def test_translate_stdin_three_lines_with_an_empty_one(trained):
     result = invoke("translate", "-m", trained, input="the dog sleeps .\n\nthe cat sees the dog .\n")
     assert result.exit_code == 0, result.stderr

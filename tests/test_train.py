@@ -206,3 +206,45 @@ def test_patience_stops_and_plateau_lowers_the_rate(tmp_path, corpus, subword, m
         if r["kind"] == "train"
     ]
     assert lrs == [5e-3, 5e-3, 2.5e-3]  # logged at steps 2, 4, 6: halved after the bad validation at 4
+
+
+def test_each_report_shows_the_mean_loss_over_its_window(tmp_path, corpus, subword, monkeypatch):
+    # batch losses scripted 1, 3 | 2, 6 with log_every 2: each report is the token-weighted mean of its
+    # two batches, e.g. (1*n1 + 3*n2) / (n1 + n2), never the last batch's 3 or 6
+    import nmt_cli.train as train_module
+
+    losses, tokens = iter([1.0, 3.0, 2.0, 6.0]), []
+
+    def scripted_step(model, optimizer, batch, cfg, lr):
+        tokens.append(batch.n_tokens)
+        return next(losses)
+
+    monkeypatch.setattr(train_module, "train_step", scripted_step)
+    run = run_for(tmp_path, corpus, subword, "m", max_steps=4, valid_every=100)
+    fit(run, quiet=True)
+    train = [
+        r
+        for r in map(json.loads, (run.out_dir / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
+    n1, n2, n3, n4 = tokens
+    assert [r["step"] for r in train] == [2, 4]
+    assert train[0]["loss"] == pytest.approx((1 * n1 + 3 * n2) / (n1 + n2), abs=1e-4)
+    assert train[1]["loss"] == pytest.approx((2 * n3 + 6 * n4) / (n3 + n4), abs=1e-4)
+
+
+@pytest.mark.parametrize("max_len", [10_000, 12])
+def test_kept_pairs_line_names_skips_only_when_there_are_some(
+    tmp_path, corpus, subword, caplog, monkeypatch, max_len
+):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nmt_cli.train")
+    monkeypatch.setattr(logging.getLogger("nmt_cli"), "propagate", True)  # CLI tests route it to rich only
+    fit(run_for(tmp_path, corpus, subword, "k", max_steps=1, valid_every=100, max_len=max_len), quiet=True)
+    # a set: the record can reach caplog's handler twice when an earlier test left one on "nmt_cli"
+    [line] = {r.getMessage() for r in caplog.records if r.getMessage().startswith("training pairs:")}
+    if max_len == 10_000:
+        assert line.endswith("kept of 1500") and "(" not in line, line  # nothing skipped: no "()" either
+    else:
+        assert line.endswith(" too long)") and "(skipped: " in line and "empty" not in line, line
