@@ -4,8 +4,9 @@
 # the ratios are taken within rounds.
 #
 #   bench/decode_ab.sh ROUNDS "REV1 REV2 ..." MODEL [decode_timing.py options]
-#   e.g. THREADS=1 bench/decode_ab.sh 8 "HEAD~3 HEAD" runs/m30k/model.sl.nmt --int8 --shortlist 50
+#   e.g. THREADS=1 bench/decode_ab.sh 8 "HEAD~3 HEAD HEAD+plain" runs/m30k/model.sl.nmt --int8 --shortlist 50
 #
+# A variant REV+plain runs REV with NMT_PLAIN=1 (the plain model, no CPU swaps).
 # Each revision runs from its own `git archive` copy (PYTHONPATH, python -P) through
 # bench/decode_timing.py (decode_ids over test_2016_flickr, model loaded, REPEATS passes, default 2).
 # Prints each round, then per revision the median rate and the median and range of its ratio to REV1.
@@ -18,16 +19,21 @@ shift 3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-for rev in $revs; do
-    mkdir -p "$WORK/$rev"
-    git -C "$ROOT" archive "$rev" nmt_cli | tar -x -C "$WORK/$rev"
+for variant in $revs; do
+    rev=${variant%+plain}
+    if [ ! -d "$WORK/$rev" ]; then
+        mkdir -p "$WORK/$rev"
+        git -C "$ROOT" archive "$rev" nmt_cli | tar -x -C "$WORK/$rev"
+    fi
 done
 export OMP_NUM_THREADS=${THREADS:-2}
 for round in $(seq "$rounds"); do
-    for rev in $revs; do
-        rate=$(PYTHONPATH="$WORK/$rev" "$ROOT/.venv/bin/python" -P "$ROOT/bench/decode_timing.py" "$model" \
-            --repeats "${REPEATS:-2}" "$@")
-        echo "$round $rev $rate" | tee -a "$WORK/rates"
+    for variant in $revs; do
+        rev=${variant%+plain}
+        plain=$([ "$variant" != "$rev" ] && echo 1 || echo "")
+        rate=$(NMT_PLAIN=$plain PYTHONPATH="$WORK/$rev" "$ROOT/.venv/bin/python" -P "$ROOT/bench/decode_timing.py" \
+            "$model" --repeats "${REPEATS:-2}" "$@")
+        echo "$round $variant $rate" | tee -a "$WORK/rates"
     done
 done
 "$ROOT/.venv/bin/python" - "$WORK/rates" <<'PY'
