@@ -70,10 +70,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     weight may be a transposed view (oneDNN reads it as it is); x is made contiguous if it is not.
     """
-    if not _use_onednn() or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if not _WANTED or _ONEDNN.op is None or x.dtype != torch.float32 or weight.dtype != torch.float32:
         with torch.no_grad():
             return F.linear(x, weight, bias)
-    return _ONEDNN(x.contiguous(), _dense(weight), bias, "none", [], "")
+    return _ONEDNN.call(x.contiguous(), _dense(weight), bias, "none", [], "")
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:
@@ -82,7 +82,7 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     The left operand must be contiguous for oneDNN. When a is not and b is, the product is taken the
     other way round, (b.T @ a.T).T, so that the smaller of the two is the one copied.
     """
-    if not _use_onednn() or a.is_contiguous() or a.numel() <= b.numel():
+    if not _WANTED or _ONEDNN.op is None or a.is_contiguous() or a.numel() <= b.numel():
         return linear(a, b.t())
     return linear(b.t(), a).t()
 
@@ -134,7 +134,7 @@ def weights_key(weights: list[Tensor]) -> tuple:
 
 def pack_available() -> bool:
     """Whether `pack` and `linear_packed` run here (oneDNN with its weight reorder), and are wanted."""
-    return private.onednn_reorder is not None and _packing and _use_onednn()
+    return _packing and _WANTED and private.onednn_reorder is not None and _ONEDNN.op is not None
 
 
 @contextmanager

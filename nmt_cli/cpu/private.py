@@ -39,17 +39,21 @@ class _Checked:
         self.name, self.op, self.public, self.tol = name, op, public, tol
         self.trusted = False
         self.lock = threading.Lock()
+        # what callers call: the check until the first call has passed, then the op itself (or the public
+        # one for good), so that a trusted op costs no Python call of its own
+        self.call: Callable[..., Tensor] = self._checking if op is not None else public
 
     @property
     def available(self) -> bool:
         return self.op is not None
 
     def __call__(self, *args: Any) -> Tensor:  # noqa: ANN401
-        if self.trusted:
-            return self.op(*args)  # type: ignore[misc]
-        if self.op is None:
-            return self.public(*args)
+        return self.call(*args)
+
+    def _checking(self, *args: Any) -> Tensor:  # noqa: ANN401
         with self.lock:
+            if self.trusted or self.op is None:
+                return self.call(*args)
             return self._first_call(*args)
 
     def _first_call(self, *args: Any) -> Tensor:  # noqa: ANN401
@@ -64,9 +68,9 @@ class _Checked:
             log.debug("%s failed on first call: %s", self.name, e)
         if not ok:
             log.warning("torch's %s is unusable here; using the public op instead", self.name)
-            self.op = None
+            self.op, self.call = None, self.public
             return expected
-        self.trusted = True
+        self.trusted, self.call = True, self.op  # type: ignore[assignment]
         return got  # type: ignore[return-value]
 
 
