@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -13,7 +14,7 @@ import torch
 from nmt_cli import __version__, gemm
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
-from nmt_cli.data import Batch, Example, collate, load_parallel, token_batches
+from nmt_cli.data import Batch, Example, collate, epoch_tokens, load_parallel, token_batches
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import backward_in_chunks, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
@@ -27,6 +28,7 @@ from nmt_cli.run_files import (
     update_best,
 )
 from nmt_cli.schedule import learning_rate
+from nmt_cli.store import training_pairs
 from nmt_cli.subword import Subword
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run gets a fresh log
-    train, report = load_parallel(run.data.train_src, run.data.train_tgt, run.subword, cfg.max_len)
+    train, report, train_facts = training_pairs(run.data, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
     dev, refs = _load_dev(run)
@@ -106,7 +108,8 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
         "on" if run.model_cfg.input_feeding else "off",
     )
     info_base = {
-        "data": {k: file_facts(v) for k, v in asdict(run.data).items() if v},
+        "data": {k: file_facts(v) for k, v in asdict(run.data).items() if v and k not in train_facts}
+        | train_facts,
         "train_config": to_json(cfg),
         "parameters": count_parameters(model),
         "nmt": __version__,
@@ -145,7 +148,7 @@ def _loop(
     model: Seq2Seq,
     optimizer: torch.optim.Optimizer,
     c: Counters,
-    train: list[Example],
+    train: Sequence[Example],
     dev: list[Example],
     refs: list[str] | None,
     info: dict,
@@ -156,7 +159,7 @@ def _loop(
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
     window_tokens, window_start = 0, time.time()
     next_snapshot = cfg.save_every_minutes * 60
-    n_epoch_tokens = sum(len(ex.tgt) + 1 for ex in train)
+    n_epoch_tokens = epoch_tokens(train)  # from the lengths: a store's pairs stay on disk
     model.train()
     while not stopped:
         batches = token_batches(train, cfg.batch_tokens, cfg.seed, c.epoch)
