@@ -174,3 +174,28 @@ def test_corpus_checks_stream_and_name_the_shorter_file(tmp_path):
             tmp_path / "p",
         )
     assert not (tmp_path / "p" / "store" / "store.json").exists()  # no store from a bad corpus
+
+
+def test_cli_trains_from_a_prepared_folder_and_refuses_it_stale(tmp_path, corpus):
+    from tests.test_cli import invoke
+
+    src, tgt = tmp_path / "c.en", tmp_path / "c.de"
+    src.write_bytes(Path(corpus.train_src).read_bytes())
+    tgt.write_bytes(Path(corpus.train_tgt).read_bytes())
+    prep = invoke("prepare", "--src", src, "--tgt", tgt, "--vocab-size", 200, "-o", tmp_path / "prep")
+    assert prep.exit_code == 0, prep.stderr
+    assert "store\t" in prep.stdout and "1500 pairs" in prep.stdout
+    args = ["train", "--preset", "tiny", "--data", tmp_path / "prep", "--max-steps", 2, "-q"]
+    run = invoke(*args, "-o", tmp_path / "run")
+    assert run.exit_code == 0, run.stderr
+    assert (tmp_path / "run" / "spm.model").read_bytes() == (tmp_path / "prep" / "spm.model").read_bytes()
+    both = invoke(*args, "--src", src, "-o", tmp_path / "run2")
+    assert both.exit_code == 1 and "give --data or --src and --tgt, not both" in both.stderr
+    with open(tgt, "ab") as f:
+        f.write(b"one more line\n")
+    src.write_text(src.read_text() + "noch eine Zeile\n")
+    stale = invoke(*args, "-o", tmp_path / "run3")
+    assert stale.exit_code == 1
+    assert stale.stderr.strip().splitlines() == [
+        f"nmt: error: {src.resolve()}: changed since the store was prepared from it; run `nmt prepare` again"
+    ]
