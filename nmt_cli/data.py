@@ -275,25 +275,35 @@ def _cut(order: np.ndarray, widths: np.ndarray, batch_tokens: int) -> list[np.nd
     """Consecutive runs of order whose padded positions fit the budget on both sides: rows times the
     longest source, and rows times the longest target + 1 (OpenNMT-py's tokens batch type). Counting the
     target alone let a batch of short targets carry twice the budget in source positions, and the
-    encoder's activations with it. widths[i] is what pair i needs in a row (_widths)."""
+    encoder's activations with it. widths[i]: the positions pair i needs in a row, max(source, target + 1)."""
+    ordered = widths[order]
     starts: list[int] = []
-    rows = width = 0
-    for k, w in enumerate(widths[order].tolist()):
-        new_width = max(width, w)
-        if rows and new_width * (rows + 1) > batch_tokens:
-            starts.append(k)
-            rows, new_width = 0, w
-        rows += 1  # a pair over the budget on its own still gets a batch: never dropped
-        width = new_width
-    return np.split(order, starts) if len(order) else []
+    k, n = 0, len(ordered)
+    while k < n:
+        # r rows from k need max(their widths) * r positions, at least ordered[k] * r: more than
+        # batch_tokens // ordered[k] rows never fit, so the first row that does not is within that window
+        window = np.maximum.accumulate(ordered[k : k + batch_tokens // max(int(ordered[k]), 1) + 1])
+        over = window * np.arange(1, len(window) + 1) > batch_tokens
+        over[0] = False  # a pair over the budget on its own still gets a batch: never dropped
+        k += int(over.argmax()) if over.any() else len(window)
+        starts.append(k)
+    return np.split(order, starts[:-1]) if n else []
 
 
 def _length_order(src: np.ndarray, tgt: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
     """Sorted by target length, then source length ascending for odd and descending for even target
     lengths: neighbouring groups meet at similar source lengths, so a batch that spans two of them is
-    not padded from the shortest source to the longest. Stable: ties keep the tie_break order."""
-    t, s = tgt[tie_break], src[tie_break]
-    return tie_break[np.lexsort((np.where(t % 2 == 1, s, -s), t))]
+    not padded from the shortest source to the longest. Ties keep the tie_break order."""
+    snake = np.where(tgt % 2 == 1, src, -src)
+    key = (tgt - tgt.min()) * int(snake.max() - snake.min() + 1) + (snake - snake.min())
+    n = len(tie_break)
+    if key.max() < 1 << 16:  # lengths up to a few hundred: numpy's stable sort of 16-bit keys is a radix sort
+        return tie_break[np.argsort(key.astype(np.uint16)[tie_break], kind="stable")]
+    if (int(key.max()) + 1) * n >= 1 << 63:  # lengths no corpus has: the slower stable sort
+        return tie_break[np.lexsort((snake[tie_break], tgt[tie_break]))]
+    rank = np.empty(n, dtype=np.int64)
+    rank[tie_break] = np.arange(n)
+    return np.argsort(key * n + rank)  # keys made unique by the tie-break rank: any sort is stable
 
 
 def token_batches(

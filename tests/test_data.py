@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -304,3 +305,14 @@ def test_sorted_chunks_longest_first_and_order_restorable() -> None:
     assert sorted_chunks([], batch_size=2) == []
     with pytest.raises(ConfigError):
         sorted_chunks(lengths, batch_size=0)
+
+
+@pytest.mark.parametrize("longest", [5, 400, 10**6])  # 16-bit radix keys, unique 64-bit keys, lexsort
+def test_length_order_is_a_stable_sort_by_target_then_snaking_source(longest: int) -> None:
+    from nmt_cli.data import _length_order
+
+    rng = np.random.default_rng(longest)
+    src, tgt = rng.integers(1, longest, 2000), rng.integers(0, longest, 2000)
+    tie_break = rng.permutation(2000)
+    expected = sorted(tie_break.tolist(), key=lambda i: (tgt[i], src[i] * (1 if tgt[i] % 2 else -1)))
+    assert _length_order(src, tgt, tie_break).tolist() == expected
