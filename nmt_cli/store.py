@@ -62,7 +62,10 @@ def build_store(src_path: str | Path, tgt_path: str | Path, subword: Subword, ou
     (folder / META).unlink(missing_ok=True)  # a half-rewritten store must not pass for the old one
     dtype = np.dtype(np.uint16 if subword.vocab_size <= 1 << 16 else np.uint32)
     sides = {"src": str(src_path), "tgt": str(tgt_path)}
-    digests = {side: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for side, p in sides.items()}
+    digests = {
+        side: {"path": str(Path(p).resolve()), "sha256": sha256_file(p), **_stat(p)}
+        for side, p in sides.items()
+    }
     raw = {side: folder / f".{side}.{os.getpid()}.ids" for side in sides}
     lengths: list[np.ndarray] = []
     lines: list[np.ndarray] = []
@@ -118,6 +121,11 @@ def build_store(src_path: str | Path, tgt_path: str | Path, subword: Subword, ou
     }
     write_text_atomic(folder / META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return meta
+
+
+def _stat(path: str | Path) -> dict[str, int]:
+    st = os.stat(path)
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _npy_from_raw(raw: Path, path: Path, dtype: np.dtype) -> None:
@@ -236,10 +244,15 @@ def open_store(prep_dir: str | Path, subword: Subword | None = None, check_corpu
         if found != size:
             raise InputError(f"store file has {found} bytes, expected {size}{redo}", str(folder / name))
     for side in ("src", "tgt") if check_corpus else ():
-        path, digest = meta["corpus"][side]["path"], meta["corpus"][side]["sha256"]
+        recorded = meta["corpus"][side]
+        path = recorded["path"]
         if not Path(path).exists():
             log.warning("%s: the corpus file the store was made from is gone; training from the store", path)
-        elif sha256_file(path) != digest:
+        elif (
+            _stat(path) != {k: recorded[k] for k in ("bytes", "mtime_ns")}
+            and sha256_file(path) != recorded["sha256"]
+        ):
+            # as git's index: the same size and modification time pass without reading the file
             raise InputError(f"changed since the store was prepared from it{redo}", path)
     return PairStore(folder, meta)
 
