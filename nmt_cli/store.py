@@ -249,7 +249,7 @@ def open_store(prep_dir: str | Path, subword: Subword | None = None, check_corpu
         if not Path(path).exists():
             log.warning("%s: the corpus file the store was made from is gone; training from the store", path)
         elif (
-            _stat(path) != {k: recorded[k] for k in ("bytes", "mtime_ns")}
+            _stat(path) != {k: recorded.get(k) for k in ("bytes", "mtime_ns")}
             and sha256_file(path) != recorded["sha256"]
         ):
             # as git's index: the same size and modification time pass without reading the file
