@@ -142,8 +142,36 @@ def _save(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+class _Npy:
+    """A .npy file read by position with pread: pages it reads stay in the page cache, not in this
+    process's RSS (a memory map would map each random read, and the pages around it, into RSS: over an
+    epoch of random batches, the whole store)."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            self.start = f.tell()
+        if fortran:
+            raise ValueError(f"{path.name} is in Fortran order")
+        self.shape, self.dtype = shape, dtype
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self, first: int, count: int) -> np.ndarray:
+        """count items from item first of the flattened array."""
+        size = self.dtype.itemsize
+        return np.frombuffer(os.pread(self.fd, count * size, self.start + first * size), self.dtype)
+
+    def __del__(self) -> None:
+        if hasattr(self, "fd"):
+            os.close(self.fd)
+
+
 class PairStore(Sequence[Example]):
-    """The pairs of a store as Examples, read from the memory-mapped files on demand.
+    """The pairs of a store as Examples, read from its files on demand.
 
     lengths() gives batching what it needs without reading any pair; select() keeps the pairs that fit
     a run's max_len. Indexing returns fresh Python lists: a batch costs memory, the corpus does not.
@@ -152,12 +180,16 @@ class PairStore(Sequence[Example]):
     def __init__(self, folder: Path, meta: dict[str, Any]):
         self.folder, self.meta = folder, meta
         try:
-            self._ids = [np.load(folder / f"{side}.npy", mmap_mode="r") for side in ("src", "tgt")]
-            self._offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-            self._lines = np.load(folder / "lines.npy", mmap_mode="r")
+            self._ids = [_Npy(folder / f"{side}.npy") for side in ("src", "tgt")]
+            self._offsets, self._lines = _Npy(folder / "offsets.npy"), _Npy(folder / "lines.npy")
             self._lengths = np.load(folder / "lengths.npy")  # 8 bytes a pair, all read by batching
         except (OSError, ValueError) as e:
             raise InputError(f"unreadable store file: {e}", str(folder)) from None
+        pairs = self._lengths.shape[-1]
+        if self._offsets.shape != (2, pairs + 1) or self._lines.shape != (pairs,):
+            raise InputError(
+                "store files disagree on the number of pairs; run `nmt prepare` again", str(folder)
+            )
         self._index: np.ndarray | None = None  # positions of the selected pairs; None: all of them
 
     def __len__(self) -> int:
@@ -165,10 +197,13 @@ class PairStore(Sequence[Example]):
 
     def __getitem__(self, i: int) -> Example:  # type: ignore[override]
         j = int(i if self._index is None else self._index[i])
-        if not 0 <= j < self._lengths.shape[1]:
+        pairs = self._lengths.shape[1]
+        if not 0 <= j < pairs:
             raise IndexError(i)
-        (s0, t0), (s1, t1) = self._offsets[:, j], self._offsets[:, j + 1]
-        return Example(self._ids[0][s0:s1].tolist(), self._ids[1][t0:t1].tolist(), int(self._lines[j]))
+        s0, s1 = self._offsets.read(j, 2).tolist()
+        t0, t1 = self._offsets.read(pairs + 1 + j, 2).tolist()
+        src, tgt = self._ids[0].read(s0, s1 - s0).tolist(), self._ids[1].read(t0, t1 - t0).tolist()
+        return Example(src, tgt, int(self._lines.read(j, 1)[0]))
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Source and target lengths (int64) of the selected pairs, in order."""
@@ -192,7 +227,7 @@ class PairStore(Sequence[Example]):
             skipped_empty=m["skipped_empty"],
             skipped_long=len(long),
             empty_lines=m["empty_lines"],
-            long_lines=[int(self._lines[j]) for j in long[:SHOW_LINES]],
+            long_lines=[int(self._lines.read(j, 1)[0]) for j in long[:SHOW_LINES].tolist()],
             src_tokens=int(src.sum()),
             tgt_tokens=int(tgt.sum()),
             src_unk=m["src_unk"],  # over every stored pair: counting the kept ones would read them all
