@@ -316,7 +316,7 @@ def token_batches(
     depends only on the arguments, so a run resumes mid-epoch by calling this again and skipping
     the batches it already did. Rank r gets batches r, r + world_size, ...; the list is wrapped
     around so that every rank gets the same count and distributed steps stay in lockstep. Only the
-    lengths are read (example_lengths): a memory-mapped store of millions of pairs stays on disk.
+    lengths are read (example_lengths): a store of millions of pairs stays on disk.
     """
     if batch_tokens < 1:
         raise ConfigError(f"batch_tokens must be at least 1, got {batch_tokens}")

@@ -1,5 +1,5 @@
 """prepare_corpus(): check a parallel corpus, optionally filter it, train the joint SentencePiece model
-on a sample of it, and encode it once into a memory-mapped store for training."""
+on a sample of it, and encode it once into a store (nmt_cli.store) for training."""
 
 from __future__ import annotations
 

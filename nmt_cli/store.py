@@ -1,4 +1,4 @@
-"""The prepared corpus: subword ids encoded once into memory-mapped numpy files, checked against digests.
+"""The prepared corpus: subword ids encoded once into numpy files, checked against digests.
 
 A store is a folder `store/` beside its subword model `spm.model`:
 
@@ -9,7 +9,8 @@ A store is a folder `store/` beside its subword model `spm.model`:
     store.json         written last: format, counts, the sha256 of both corpus files and of spm.model
 
 Pairs with an empty side are left out when encoding (they cannot be trained on); pairs over a run's
-max_len are left out when the run opens the store, so one store serves any max_len.
+max_len are left out when the run opens the store, so one store serves any max_len. The .npy files can
+be memory-mapped (np.load(mmap_mode="r")); training reads the pairs of each batch with pread (_Npy).
 """
 
 from __future__ import annotations
@@ -297,7 +298,8 @@ def training_pairs(
 ) -> tuple[Sequence[Example], LoadReport, dict[str, Any]]:
     """The training pairs, their report, and what to record about them in checkpoints (store only).
 
-    From data.store when set (memory-mapped: nothing is encoded), else encoded from the text files.
+    From data.store when set (nothing is encoded, pairs are read as batches need them), else encoded from
+    the text files.
     """
     if not data.store:
         pairs, report = load_parallel(data.train_src, data.train_tgt, subword, max_len)
