@@ -38,8 +38,10 @@ def prepare(
 ) -> None:
     """Check a parallel corpus, train one joint SentencePiece model and encode the corpus into OUT/store/."""
     from nmt_cli.config import SubwordConfig
+    from nmt_cli.console import setup_logging
     from nmt_cli.prepare import PrepareOptions, prepare_corpus
 
+    setup_logging()  # the corpus report, with the first line numbers of each problem, goes to stderr
     if sample_sentences < 1:
         raise ConfigError(f"--sample-sentences must be at least 1, got {sample_sentences}")
     cfg = SubwordConfig(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage)
