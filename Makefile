@@ -24,9 +24,9 @@ install: $(STAMP)
 DEMO := runs/demo
 demo: $(STAMP)
 	@mkdir -p $(DEMO)
-	$(BIN)/nmt prepare --src data/train.en --tgt data/train.de --vocab-size 300 -o $(DEMO)
-	$(BIN)/nmt train --preset toy --src data/train.en --tgt data/train.de \
-		--dev-src data/dev.en --dev-tgt data/dev.de --spm $(DEMO)/spm.model \
+	$(BIN)/nmt prepare --src data/train.en --tgt data/train.de --vocab-size 300 -o $(DEMO)/prep
+	$(BIN)/nmt train --preset toy --data $(DEMO)/prep \
+		--dev-src data/dev.en --dev-tgt data/dev.de \
 		--time-budget 150 --overwrite -o $(DEMO)
 	$(BIN)/nmt translate -m $(DEMO)/model.nmt data/test.en -o $(DEMO)/test.hyp.de
 	$(BIN)/nmt evaluate -r data/test.de $(DEMO)/test.hyp.de | tee $(DEMO)/test.scores

@@ -60,8 +60,13 @@ def merged_configs(
 
 
 def train(
-    src: Path = typer.Option(..., "--src", help="Training corpus, source side."),
-    tgt: Path = typer.Option(..., "--tgt", help="Training corpus, target side."),
+    data_dir: Path | None = typer.Option(
+        None, "--data", help="A folder written by `nmt prepare`: train from its store and subword model."
+    ),
+    src: Path | None = typer.Option(
+        None, "--src", help="Training corpus, source side (without --data: prepared into OUT first)."
+    ),
+    tgt: Path | None = typer.Option(None, "--tgt", help="Training corpus, target side."),
     out: Path = typer.Option(..., "-o", "--out", help="Run directory: model.nmt, last.nmt, log.jsonl."),
     dev_src: Path | None = typer.Option(None, "--dev-src", help="Dev set, source side (validation)."),
     dev_tgt: Path | None = typer.Option(None, "--dev-tgt", help="Dev set, target side."),
@@ -168,9 +173,15 @@ def train(
         preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)
     )
     set_threads(train_cfg.threads)
-    data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""))
+    _check_corpus_options(data_dir, src, tgt, spm, vocab_size)
     _check_run_dir(out, resume, overwrite)  # fit() clears an earlier run once everything is checked
-    sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
+    if data_dir is not None:
+        data = _prepared_data(data_dir, dev_src, dev_tgt)
+        sub = _subword(data, out, None if resume else data_dir / "spm.model", sub_cfg, resume, False)
+    else:
+        data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""), store=str(out))
+        sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
+        _store_in_run_dir(data, sub, out, resume)
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
     with StopSignals() as signals:
         summary = fit(
@@ -208,6 +219,37 @@ def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             )
     if resume and not (out / "trainer_state.pt").exists():
         raise InputError("nothing to resume: no trainer_state.pt", str(out))
+
+
+def _check_corpus_options(data_dir, src, tgt, spm, vocab_size) -> None:  # noqa: ANN001
+    if data_dir is not None and (src or tgt):
+        raise ConfigError("give --data or --src and --tgt, not both")
+    if data_dir is None and not (src and tgt):
+        raise ConfigError("give --data PREP_DIR (from `nmt prepare`), or both --src and --tgt")
+    if data_dir is not None and (spm or vocab_size):
+        raise ConfigError(
+            "--data brings its own subword model (PREP_DIR/spm.model): leave out --spm and --vocab-size"
+        )
+
+
+def _prepared_data(data_dir: Path, dev_src: Path | None, dev_tgt: Path | None):  # noqa: ANN202
+    """DataConfig of a prepared folder: the store, and the corpus files it was made from (for the record)."""
+    from nmt_cli.config import DataConfig
+    from nmt_cli.store import read_meta
+
+    corpus = read_meta(data_dir)["corpus"]
+    return DataConfig(
+        corpus["src"]["path"], corpus["tgt"]["path"], str(dev_src or ""), str(dev_tgt or ""), str(data_dir)
+    )
+
+
+def _store_in_run_dir(data, sub, out: Path, resume: bool) -> None:  # noqa: ANN001
+    """The --src/--tgt form: encode the corpus into OUT/store/ once; a resumed run keeps (and checks) it."""
+    from nmt_cli.store import META, STORE_DIR, build_store
+
+    if resume and (out / STORE_DIR / META).exists():
+        return  # fit() opens it and refuses it if the corpus or subword model changed since
+    build_store(data.train_src, data.train_tgt, sub, out)
 
 
 def _subword(data, out: Path, spm: Path | None, cfg, resume: bool, shrink_to_fit: bool):  # noqa: ANN001, ANN202

@@ -217,6 +217,7 @@ class DataConfig:
     train_tgt: str
     dev_src: str = ""
     dev_tgt: str = ""
+    store: str = ""  # a prepared folder (`nmt prepare`): train from its store; train_src/tgt name the corpus
 
     def __post_init__(self) -> None:
         if bool(self.dev_src) != bool(self.dev_tgt):

@@ -54,14 +54,31 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
     """Both sides of a parallel corpus; different line counts are an error naming both files."""
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
-        shorter = src_path if len(src) < len(tgt) else tgt_path
-        raise InputError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
-            "a parallel corpus needs equal counts",
-            str(shorter),
-            min(len(src), len(tgt)) + 1,
-        )
+        _count_mismatch(src_path, tgt_path, len(src), len(tgt))
     return src, tgt
+
+
+def iter_parallel(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
+    """Line pairs of a parallel corpus, streamed; different counts are read_parallel's error."""
+    from itertools import zip_longest
+
+    with open_binary(src_path) as fs, open_binary(tgt_path) as ft:
+        src, tgt = iter_lines(fs, str(src_path)), iter_lines(ft, str(tgt_path))
+        for n, (s, t) in enumerate(zip_longest(src, tgt)):
+            if s is None or t is None:
+                rest_src, rest_tgt = sum(1 for _ in src), sum(1 for _ in tgt)
+                n_src, n_tgt = n + (s is not None) + rest_src, n + (t is not None) + rest_tgt
+                _count_mismatch(src_path, tgt_path, n_src, n_tgt)
+            yield s, t
+
+
+def _count_mismatch(src_path: str | Path, tgt_path: str | Path, n_src: int, n_tgt: int) -> None:
+    shorter = src_path if n_src < n_tgt else tgt_path
+    raise InputError(
+        f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: a parallel corpus needs equal counts",
+        str(shorter),
+        min(n_src, n_tgt) + 1,
+    )
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +15,7 @@ import torch
 from nmt_cli import __version__, cpu
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
-from nmt_cli.data import Batch, Example, LoadReport, collate, load_parallel, token_batches
+from nmt_cli.data import Batch, Example, LoadReport, collate, epoch_tokens, load_parallel, token_batches
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import backward, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
@@ -32,6 +32,7 @@ from nmt_cli.run_files import (
     update_best,
 )
 from nmt_cli.schedule import learning_rate
+from nmt_cli.store import training_pairs
 from nmt_cli.subword import Subword
 from nmt_cli.textio import read_lines
 
@@ -109,7 +110,7 @@ def fit(
             f"model vocab_size {run.model_cfg.vocab_size} does not match the subword model's "
             f"{run.subword.vocab_size}"
         )
-    train, report = load_parallel(run.data.train_src, run.data.train_tgt, run.subword, cfg.max_len)
+    train, report, train_facts = training_pairs(run.data, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
     dev, refs = _load_dev(run)
@@ -118,7 +119,9 @@ def fit(
     model = build_model(run.model_cfg)
     kernels = cpu.install(model)
     optimizer = build_optimizer(model, cfg)
-    data_facts = {k: file_facts(v) for k, v in asdict(run.data).items() if v}
+    # a store's corpus facts come from the store (digests recorded once), not from hashing its files again
+    data_facts = {k: file_facts(v) for k, v in asdict(run.data).items() if v and k not in train_facts}
+    data_facts |= train_facts
     identity = RunIdentity(run.model_cfg, cfg, data_facts, subword_digest(run.subword))
     c = restore(out / "trainer_state.pt", model, optimizer, identity) if resume else Counters()
     prepare_run_dir(out, c.step if resume else None, run.subword)
@@ -178,7 +181,7 @@ def _loop(
     model: Seq2Seq,
     optimizer: torch.optim.Optimizer,
     c: Counters,
-    train: list[Example],
+    train: Sequence[Example],
     dev: list[Example],
     refs: list[str] | None,
     info: dict,
@@ -190,7 +193,7 @@ def _loop(
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
     window_tokens, window_loss, window_start = 0, 0.0, time.time()
     snapshots = _Snapshots(cfg.save_every_minutes * 60, clock.elapsed())
-    n_epoch_tokens = sum(len(ex.tgt) + 1 for ex in train)
+    n_epoch_tokens = epoch_tokens(train)  # from the lengths: a store's pairs stay on disk
     model.train()
     while not stopped:
         batches = token_batches(train, cfg.batch_tokens, cfg.seed, c.epoch)

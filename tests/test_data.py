@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,12 +134,15 @@ def test_check_corpus_counts(tmp_path: Path) -> None:
     assert (report.identical, report.identical_lines) == (1, [3])  # two empty lines are not a copy
     assert (report.long, report.long_lines) == (1, [4])  # 6 words > 5
     assert (report.max_src_words, report.max_tgt_words) == (6, 2)
+    assert (report.ratio, report.ratio_lines, report.duplicate, report.flagged) == (1, [4], 0, 5)
     assert json.loads(json.dumps(report._asdict())) == report._asdict()  # plain types only
     assert report.as_text().splitlines() == [
         f"{src} / {tgt}: 6 line pairs",
         "  empty: 3 source, 2 target (lines 2, 5, 6)",
         "  identical source and target: 1 (lines 3)",
         "  longer than 5 words: 1 (lines 4)",
+        "  length ratio over 3: 1 (lines 4)",  # 6 words against 1
+        "  duplicate pairs: 0",
         "  longest: 6 source words, 2 target words",
     ]
 
@@ -175,6 +179,11 @@ def test_collate_keeps_the_order_of_equal_lengths() -> None:
 
 
 # token_batches
+
+
+def lists(batches: list) -> list[list[int]]:
+    """token_batches gives index arrays; lists compare as a whole."""
+    return [b.tolist() for b in batches]
 
 
 def test_equal_lengths_fill_the_budget_exactly() -> None:
@@ -221,11 +230,11 @@ def test_a_pair_over_the_budget_gets_a_batch_of_its_own() -> None:
 
 def test_same_arguments_same_batches_other_epoch_other_batches() -> None:
     examples = synthetic([1] * 8)  # budget 4 -> four pairs of sentences
-    epoch0 = token_batches(examples, batch_tokens=4, seed=7, epoch=0)
-    assert epoch0 == token_batches(examples, batch_tokens=4, seed=7, epoch=0)
-    epoch1 = token_batches(examples, batch_tokens=4, seed=7, epoch=1)
+    epoch0 = lists(token_batches(examples, batch_tokens=4, seed=7, epoch=0))
+    assert epoch0 == lists(token_batches(examples, batch_tokens=4, seed=7, epoch=0))
+    epoch1 = lists(token_batches(examples, batch_tokens=4, seed=7, epoch=1))
     assert {frozenset(b) for b in epoch0} != {frozenset(b) for b in epoch1}  # new pairings, not only order
-    assert token_batches(examples, batch_tokens=4, seed=8, epoch=0) != epoch0
+    assert lists(token_batches(examples, batch_tokens=4, seed=8, epoch=0)) != epoch0
 
 
 def test_token_batches_leaves_the_global_rng_alone() -> None:
@@ -238,21 +247,21 @@ def test_token_batches_leaves_the_global_rng_alone() -> None:
 
 def test_two_ranks_split_an_even_number_of_batches() -> None:
     examples = synthetic([1] * 8)  # four batches of two
-    both = token_batches(examples, batch_tokens=4, seed=5, epoch=0)
-    rank0 = token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=0, world_size=2)
-    rank1 = token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=1, world_size=2)
+    both = lists(token_batches(examples, batch_tokens=4, seed=5, epoch=0))
+    rank0 = lists(token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=0, world_size=2))
+    rank1 = lists(token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=1, world_size=2))
     assert (rank0, rank1) == (both[0::2], both[1::2])
     assert not {i for b in rank0 for i in b} & {i for b in rank1 for i in b}
 
 
 def test_an_odd_number_of_batches_wraps_around() -> None:
     examples = synthetic([1] * 10)  # five batches b0..b4; two ranks get b0 b2 b4 and b1 b3 b0
-    both = token_batches(examples, batch_tokens=4, seed=5, epoch=0)
-    rank0 = token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=0, world_size=2)
-    rank1 = token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=1, world_size=2)
+    both = lists(token_batches(examples, batch_tokens=4, seed=5, epoch=0))
+    rank0 = lists(token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=0, world_size=2))
+    rank1 = lists(token_batches(examples, batch_tokens=4, seed=5, epoch=0, rank=1, world_size=2))
     assert rank0 == [both[0], both[2], both[4]]
     assert rank1 == [both[1], both[3], both[0]]
-    one = token_batches(synthetic([1]), batch_tokens=4, seed=5, epoch=0, rank=2, world_size=3)
+    one = lists(token_batches(synthetic([1]), batch_tokens=4, seed=5, epoch=0, rank=2, world_size=3))
     assert one == [[0]]  # fewer batches than ranks: every rank still gets one
 
 
@@ -296,3 +305,14 @@ def test_sorted_chunks_longest_first_and_order_restorable() -> None:
     assert sorted_chunks([], batch_size=2) == []
     with pytest.raises(ConfigError):
         sorted_chunks(lengths, batch_size=0)
+
+
+@pytest.mark.parametrize("longest", [5, 400, 10**6])  # 16-bit radix keys, unique 64-bit keys, lexsort
+def test_length_order_is_a_stable_sort_by_target_then_snaking_source(longest: int) -> None:
+    from nmt_cli.data import _length_order
+
+    rng = np.random.default_rng(longest)
+    src, tgt = rng.integers(1, longest, 2000), rng.integers(0, longest, 2000)
+    tie_break = rng.permutation(2000)
+    expected = sorted(tie_break.tolist(), key=lambda i: (tgt[i], src[i] * (1 if tgt[i] % 2 else -1)))
+    assert _length_order(src, tgt, tie_break).tolist() == expected
