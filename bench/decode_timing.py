@@ -18,10 +18,12 @@ from pathlib import Path
 
 try:  # as translate sets the process up, before torch starts
     from nmt_cli.cpu.process import settings_for_decoding
-except ImportError:  # a revision from before nmt_cli.cpu
+except ImportError:  # a revision from before nmt_cli.cpu: what its translate did
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nmt_cli import gemm
+    from nmt_cli.cmd_translate import _one_malloc_arena
 
+    _one_malloc_arena()
     gemm.set_cache_capacity(gemm.DECODING_CACHE)
 else:
     settings_for_decoding()

@@ -250,6 +250,7 @@ def _store_in_run_dir(data, sub, out: Path, resume: bool) -> None:  # noqa: ANN0
     if resume and (out / STORE_DIR / META).exists():
         return  # fit() opens it and refuses it if the corpus or subword model changed since
     build_store(data.train_src, data.train_tgt, sub, out)
+    sub.save(out / "spm.model")  # a store lives beside its subword model (fit() saves the same bytes)
 
 
 def _subword(data, out: Path, spm: Path | None, cfg, resume: bool, shrink_to_fit: bool):  # noqa: ANN001, ANN202

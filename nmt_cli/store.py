@@ -31,7 +31,7 @@ from nmt_cli.config import DataConfig
 from nmt_cli.data import SHOW_LINES, Example, LoadReport, load_parallel
 from nmt_cli.errors import CheckpointError, ConfigError, InputError
 from nmt_cli.subword import UNK, Subword
-from nmt_cli.textio import atomic_path, atomic_write, iter_parallel, write_text_atomic
+from nmt_cli.textio import atomic_path, atomic_write, iter_parallel, open_binary, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ CHUNK_PAIRS = 50_000  # pairs encoded per call into sentencepiece's threads: a f
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (memory stays flat on any size)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:  # a missing or unreadable file is a one-line error
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
@@ -58,15 +58,15 @@ def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[
 
 def build_store(src_path: str | Path, tgt_path: str | Path, subword: Subword, out_dir: str | Path) -> dict:
     """Encode a parallel corpus once into out_dir/store/ and return its meta; subword is out_dir/spm.model."""
+    sides = {"src": str(src_path), "tgt": str(tgt_path)}
+    digests = {  # first: a file that cannot be read stops it before anything is written
+        side: {"path": str(Path(p).resolve()), "sha256": sha256_file(p), **_stat(p)}
+        for side, p in sides.items()
+    }
     folder = Path(out_dir) / STORE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META).unlink(missing_ok=True)  # a half-rewritten store must not pass for the old one
     dtype = np.dtype(np.uint16 if subword.vocab_size <= 1 << 16 else np.uint32)
-    sides = {"src": str(src_path), "tgt": str(tgt_path)}
-    digests = {
-        side: {"path": str(Path(p).resolve()), "sha256": sha256_file(p), **_stat(p)}
-        for side, p in sides.items()
-    }
     raw = {side: folder / f".{side}.{os.getpid()}.ids" for side in sides}
     lengths: list[np.ndarray] = []
     lines: list[np.ndarray] = []
@@ -305,11 +305,24 @@ def training_pairs(
         pairs, report = load_parallel(data.train_src, data.train_tgt, subword, max_len)
         return pairs, report, {}
     store, report = open_store(data.store, subword).select(max_len)
-    corpus = store.meta["corpus"]
+    corpus, lines = store.meta["corpus"], store.meta["lines"]
     facts = {
         "store": data.store,
-        "train_src": {"path": corpus["src"]["path"], "sha256": corpus["src"]["sha256"][:16]},
-        "train_tgt": {"path": corpus["tgt"]["path"], "sha256": corpus["tgt"]["sha256"][:16]},
-        "lines": store.meta["lines"],
+        "train_src": _corpus_facts(data.train_src, corpus["src"], lines),
+        "train_tgt": _corpus_facts(data.train_tgt, corpus["tgt"], lines),
+        "lines": lines,
     }
     return store, report, facts
+
+
+def _corpus_facts(named: str, recorded: dict[str, Any], lines: int) -> dict[str, Any]:
+    """What a run records of a corpus file (as run_files.file_facts): from the store when the file named
+    is the one it was made from (open_store has checked it), else from the file itself, so that a resume
+    naming another corpus is refused by its digest."""
+    if str(Path(named).resolve()) == recorded["path"]:
+        sha, size = recorded["sha256"][:16], recorded.get("bytes")
+        return {"path": named, "sha256": sha, "lines": lines, "bytes": size}
+    with open(named, "rb") as f:
+        count = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    size = Path(named).stat().st_size
+    return {"path": named, "sha256": sha256_file(named)[:16], "lines": count, "bytes": size}

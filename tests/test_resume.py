@@ -35,6 +35,11 @@ def assert_same_weights(a, b):
         assert torch.equal(wa[name], wb[name]), name
 
 
+def run_files(out):
+    """Every file under a run directory (its store included) and its bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
 def counters(out):
     return load_trainer_state(out / "trainer_state.pt")["counters"]
 
@@ -86,13 +91,13 @@ def test_stop_by_epochs_then_resume_equals_an_uninterrupted_run(tmp_path, train_
 )
 def test_resume_refuses_a_different_training_config(tmp_path, train_args, flag, value, expected):
     ok(train(tmp_path / "r", train_args, "--max-steps", "4"))
-    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    before = run_files(tmp_path / "r")
     result = train(tmp_path / "r", train_args, "--max-steps", "8", flag, value, "--resume")
     assert result.exit_code == 1
     line = result.stderr.strip()
     assert line.startswith("nmt: error: ") and "\n" not in line
     assert f"cannot resume: train config differs in {expected}" in line
-    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    assert run_files(tmp_path / "r") == before
 
 
 def test_resume_refuses_max_len_named_in_the_run_file(tmp_path, train_args):
@@ -151,11 +156,11 @@ def test_save_every_minutes_after_resume_does_not_save_at_every_step(tmp_path, t
 
 def test_overwrite_checks_every_argument_before_deleting(tmp_path, train_args):
     ok(train(tmp_path / "r", train_args, "--max-steps", "4"))
-    kept = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    kept = run_files(tmp_path / "r")
     typo = [tmp_path / "typo.en" if a == train_args[1] else a for a in train_args]
     result = train(tmp_path / "r", typo, "--max-steps", "4", "--overwrite")
     assert result.exit_code == 1 and "typo.en" in result.stderr
-    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == kept
+    assert run_files(tmp_path / "r") == kept
 
 
 def test_a_stray_step_file_does_not_break_keep_last(tmp_path, train_args):
