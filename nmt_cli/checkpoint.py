@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,12 +23,15 @@ from nmt_cli import __version__, cpu
 from nmt_cli.config import ModelConfig, from_json, to_json
 from nmt_cli.errors import CheckpointError, ConfigError, InputError
 from nmt_cli.model import Seq2Seq, build_model
+from nmt_cli.shortlist import FREQUENT_KEY, TABLE_KEY
 from nmt_cli.subword import Subword
 from nmt_cli.textio import atomic_path, atomic_write
 
-FORMAT = "nmt-ckpt/1"
+FORMAT_NAME = "nmt-ckpt/"
+FORMAT = FORMAT_NAME + "1"
 SPM_KEY = "__subword_model__"
 MAX_HEADER = 100_000_000  # as safetensors itself: a longer header is not one
+SHORTLIST_KEYS = (TABLE_KEY, FREQUENT_KEY)
 EXTRA_PREFIX = "__extra__."  # tensors that are not weights, e.g. a shortlist table; the model ignores them
 
 
@@ -78,7 +83,12 @@ def save_model(
     """The model file, streamed to path: safetensors' bytes would hold two copies of the weights."""
     tensors, metadata = _model_record(model, subword, info, extras)
     with atomic_path(path) as tmp:
-        save_safetensors_file(tensors, tmp, metadata=metadata)
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)  # as the umask gives every other file we write
+        try:
+            save_safetensors_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (a full disk) come as text: atomic_path names the file
+            raise OSError(str(e).split("I/O error: ")[-1]) from None
+        os.chmod(tmp, mode)  # safetensors writes a file of its own, readable by its owner only
 
 
 def _model_record(
@@ -105,11 +115,24 @@ def _read_header(blob: bytes, path: str) -> dict[str, str]:
         metadata = header.get("__metadata__") or {}
     except (ValueError, UnicodeDecodeError, AttributeError):
         raise CheckpointError("not an nmt model file (no safetensors header)", path) from None
-    if metadata.get("format") != FORMAT:
+    found = metadata.get("format")
+    if isinstance(found, str) and found.startswith(FORMAT_NAME) and found != FORMAT:
         raise CheckpointError(
-            f"not an nmt model file (format {metadata.get('format')!r}, expected {FORMAT})", path
+            f"{Path(path).name} was written by format {found}; this nmt ({__version__}) reads {FORMAT}"
+            + (" — upgrade nmt" if _format_version(found) > _format_version(FORMAT) else ""),
+            path,
         )
+    if found != FORMAT:
+        raise CheckpointError(f"not an nmt model file (format {found!r}, expected {FORMAT})", path)
+    if "config" not in metadata:
+        raise CheckpointError("damaged model file: its header has no model config", path)
     return metadata
+
+
+def _format_version(tag: str) -> int:
+    """'nmt-ckpt/2' -> 2; a tag without a number -> 0."""
+    number = tag[len(FORMAT_NAME) :]
+    return int(number) if number.isdigit() else 0
 
 
 def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
@@ -128,12 +151,18 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
         cfg = from_json(ModelConfig, metadata["config"])
     except (SafetensorError, KeyError, ConfigError, ValueError) as e:
         raise CheckpointError(f"damaged model file: {e}", path) from None
-    subword = Subword.from_bytes(tensors.pop(SPM_KEY).numpy().tobytes())
+    if SPM_KEY not in tensors:
+        raise CheckpointError(f"damaged model file: no subword model ({SPM_KEY})", path)
+    subword = Subword.from_bytes(tensors.pop(SPM_KEY).numpy().tobytes(), path)
     extras = {
         name[len(EXTRA_PREFIX) :]: tensors.pop(name)
         for name in list(tensors)
         if name.startswith(EXTRA_PREFIX)
     }
+    if (shortlist := [k for k in SHORTLIST_KEYS if k in extras]) and len(shortlist) < len(SHORTLIST_KEYS):
+        missing = sorted(set(SHORTLIST_KEYS) - set(shortlist))
+        raise CheckpointError(f"damaged model file: its shortlist table lacks {', '.join(missing)}", path)
+    tensors = _float32_weights(tensors, path)
     model = build_model(cfg)
     aliases = _tied_aliases(model, tensors)
     try:
@@ -150,8 +179,15 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
         )
     cpu.install(model)
     model.eval()
-    info = json.loads(metadata.get("info", "{}"))
-    return LoadedModel(model, cfg, subword, info, _file_digest(path), extras)
+    return LoadedModel(model, cfg, subword, _info(metadata, path), _file_digest(path), extras)
+
+
+def _float32_weights(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """The weights as float32: fp16 or bf16 ones (a file converted to halve its size) are widened."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"damaged model file: weight {name} is {t.dtype}, not a float", path)
+    return {name: t if t.dtype == torch.float32 else t.float() for name, t in tensors.items()}
 
 
 def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:
@@ -168,7 +204,22 @@ def read_info(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, 
     except OSError as e:
         raise InputError(f"cannot read model file: {e.strerror}", str(path)) from None
     metadata = _read_header(blob, str(path))
-    return from_json(ModelConfig, metadata["config"]), json.loads(metadata.get("info", "{}")), metadata
+    try:
+        cfg = from_json(ModelConfig, metadata["config"])
+    except (ValueError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"damaged model file: its model config: {e}", str(path)) from None
+    return cfg, _info(metadata, str(path)), metadata
+
+
+def _info(metadata: dict[str, str], path: str) -> dict[str, Any]:
+    """The training facts of a model file's header."""
+    try:
+        info = json.loads(metadata.get("info", "{}"))
+    except ValueError:
+        raise CheckpointError("damaged model file: its info is not JSON", path) from None
+    if not isinstance(info, dict):
+        raise CheckpointError("damaged model file: its info is not a JSON object", path)
+    return info
 
 
 def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -176,7 +227,12 @@ def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:
     Streamed to the file: through a buffer, a save held two extra copies of the state
     (docs/performance.md)."""
     with atomic_write(path) as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):  # torch wraps the write's error (a full disk) in its own
+                raise e.__context__ from None
+            raise
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

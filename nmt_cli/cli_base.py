@@ -74,6 +74,8 @@ def set_threads(threads: int) -> None:
     """The one place that sets torch's thread count (0: OMP_NUM_THREADS or torch's default)."""
     import torch
 
+    if threads < 0:
+        raise ConfigError(f"--threads must be at least 0 (0: the default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
 

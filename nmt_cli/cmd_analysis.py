@@ -36,6 +36,8 @@ def align(
     from nmt_cli.textio import read_lines, read_parallel, write_text_atomic
 
     _check_choice("--level", level, LEVELS)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if gold is not None and (tgt is None or level != "word"):
         raise ConfigError(
             "--gold needs --tgt and word level: gold alignments link the source to the reference"

@@ -97,15 +97,25 @@ def subword_decode(
     from nmt_cli.textio import open_binary, stream_chunks
 
     sub = load_subword(model)
+    line_no = 0  # chunks of a stream have any size: count lines, not chunks
     with open_binary(input_file) as stream:
-        for n, chunk in enumerate(stream_chunks(stream, input_file, 1000)):
+        for chunk in stream_chunks(stream, input_file, 1000):
             out = []
-            for i, line in enumerate(chunk):
+            for line in chunk:
+                line_no += 1
                 if ids:
-                    try:
-                        out.append(sub.decode([int(t) for t in line.split()]))
-                    except ValueError:
-                        raise InputError("not a list of integer ids", input_file, n * 1000 + i + 1) from None
+                    out.append(sub.decode(_ids(line, sub.vocab_size, input_file, line_no)))
                 else:
                     out.append(sub.decode_pieces(line.split()))
             write_stdout("".join(text + "\n" for text in out))
+
+
+def _ids(line: str, vocab_size: int, path: str, line_no: int) -> list[int]:
+    """The integer ids of a line, each one of the vocabulary's."""
+    try:
+        ids = [int(t) for t in line.split()]
+    except ValueError:
+        raise InputError("not a list of integer ids", path, line_no) from None
+    if bad := [i for i in ids if not 0 <= i < vocab_size]:
+        raise InputError(f"id {bad[0]} is outside the vocabulary (0 to {vocab_size - 1})", path, line_no)
+    return ids

@@ -104,6 +104,8 @@ def tune(
     from nmt_cli.textio import read_parallel
     from nmt_cli.translate import for_decoding, shortlist_setting
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     beams = _numbers(beam_sweep, "--beam-sweep", int)
     alphas = _numbers(alpha_sweep, "--alpha-sweep", float)
     fixed = dict(shortlist=shortlist)

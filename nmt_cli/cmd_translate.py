@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import gc
-import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def _format(t, fmt: str, signature: str, with_attention: bool) -> str:  # noqa: 
         "hyp": t.hyp,
         "score": t.score,
         "token_log_probs": [round(x, 4) for x in t.token_log_probs],
-        "nbest": [{"hyp": h, "score": s} for h, s in t.nbest],
+        "nbest": [{"hyp": h, "score": s, "finished": f} for h, s, f in t.nbest],
         "signature": signature,
     }
     if with_attention:
@@ -117,21 +116,25 @@ def translate(
         ban_unk=ban_unk,
         shortlist=shortlist,
     )
-    loaded = for_decoding(load_model(model), int8)
-    release_start_up_code()
-    signature = decode_signature(loaded, cfg)
-    if not quiet:
-        console.print(signature, markup=False, highlight=False)
-    began = time.time()
-    translations = translate_lines(
-        _input_chunks(input_file, batch_size), loaded, cfg, batch_size, max_input_tokens, with_attention
-    )
-    # lines printed to a terminal show their own progress; a bar would only cut through them
-    bar_off = quiet or (output is None and sys.stdout.isatty())
-    with _collector_skips_what_exists(), progress(bar_off) as bar:
-        task = bar.add_task("translate", total=_line_count(input_file))
-        texts = (_format(t, fmt, signature, with_attention) for t in translations)
-        count = _write(_advancing(texts, bar, task), output)
+    with _output(output) as write:  # an output file that cannot be written fails here, before any work
+        loaded = for_decoding(load_model(model), int8)
+        release_start_up_code()
+        signature = decode_signature(loaded, cfg)
+        if not quiet:
+            console.print(signature, markup=False, highlight=False)
+        began = time.time()
+        translations = translate_lines(
+            _input_chunks(input_file, batch_size), loaded, cfg, batch_size, max_input_tokens, with_attention
+        )
+        # lines printed to a terminal show their own progress; a bar would only cut through them
+        bar_off = quiet or (output is None and sys.stdout.isatty())
+        count = 0
+        with _collector_skips_what_exists(), progress(bar_off) as bar:
+            task = bar.add_task("translate", total=_line_count(input_file))
+            texts = (_format(t, fmt, signature, with_attention) for t in translations)
+            for text in _advancing(texts, bar, task):
+                write(text)
+                count += 1
     if not quiet:
         seconds = time.time() - began
         console.print(
@@ -167,21 +170,17 @@ def _input_chunks(input_file: str, batch_size: int):  # noqa: ANN202 - Iterator[
         yield from stream_chunks(stream, input_file, batch_size * 8)
 
 
-def _write(texts, output: Path | None) -> int:  # noqa: ANN001 - Iterable[str]
-    """Each text to stdout as it comes (flushed), or all of them atomically to output; how many."""
+@contextmanager
+def _output(output: Path | None) -> Iterator[Callable[[str], object]]:
+    """Where results go: stdout, each flushed as it comes; or a temporary file beside output, streamed
+    and renamed into place at the end, so an error or interruption leaves no partial file."""
+    if output is None:
+        yield write_stdout
+        return
     from nmt_cli.textio import atomic_write
 
-    count, sink = 0, io.BytesIO()
-    for text in texts:
-        count += 1
-        if output is None:
-            write_stdout(text)
-        else:
-            sink.write(text.encode("utf-8"))
-    if output is not None:
-        with atomic_write(output) as f:
-            f.write(sink.getvalue())
-    return count
+    with atomic_write(output) as f:
+        yield lambda text: f.write(text.encode("utf-8"))
 
 
 def score(

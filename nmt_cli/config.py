@@ -136,6 +136,10 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         if not 0.0 < self.plateau_factor < 1.0:
             raise ConfigError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        _at_least("plateau_patience", self.plateau_patience, 1)
+        _at_least("min_lr", self.min_lr, 0.0)
+        if not math.isfinite(self.min_lr):
+            raise ConfigError(f"min_lr must be a finite number, got {self.min_lr}")
 
 
 # TrainConfig fields a resumed run may change: they decide when to stop and what is reported or kept,
@@ -178,6 +182,8 @@ class DecodeConfig:
         _at_least("length_penalty", self.length_penalty, 0.0)
         _choice("length penalty type", self.length_penalty_type, ("average", "gnmt"))
         _at_least("max_len_a", self.max_len_a, 0.0)
+        if not math.isfinite(self.max_len_a):
+            raise ConfigError(f"max_len_a must be a finite number, got {self.max_len_a}")
         _at_least("max_len_b", self.max_len_b, 1)
 
 

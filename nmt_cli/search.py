@@ -52,10 +52,14 @@ class StepModel(Protocol):
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput: ...
 
 
+MAX_STEPS = 1 << 20  # no cap above this: far beyond any real output, and safe from int64 overflow
+
+
 def _max_lengths(src_lengths: Tensor, cfg: DecodeConfig) -> Tensor:
     """Per-sentence cap on output tokens, EOS included: floor(a * src_len + b). (B,) -> (B,)."""
     # float64, so that e.g. 0.7 * 10 floors to 7 as it does in Python, not to 6
-    return torch.floor(cfg.max_len_a * src_lengths.double() + cfg.max_len_b).long()
+    caps = torch.floor(cfg.max_len_a * src_lengths.double() + cfg.max_len_b)
+    return caps.clamp(max=MAX_STEPS).long()  # a huge a or b must not overflow int64
 
 
 def _mask_log_probs(log_probs: Tensor, first: bool | Tensor, cfg: DecodeConfig) -> Tensor:

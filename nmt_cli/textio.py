@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,15 +16,37 @@ from typing import Any, BinaryIO
 from nmt_cli.errors import InputError
 
 STDIN = "-"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def iter_lines(stream: BinaryIO, path: str) -> Iterator[str]:
-    """Each line exactly as written, empty lines included; '\\r', U+2028, U+0085 never split one."""
-    for n, raw in enumerate(stream, start=1):  # binary iteration splits on b"\n" only
+    """Each line exactly as written, empty lines included; '\\r', U+2028, U+0085 never split one.
+
+    A '\\r' before the '\\n' and a UTF-8 byte-order mark at the start of the file are left out.
+
+    A read error (EIO, a file that cannot be read as a stream) is an InputError naming the line it hit.
+    """
+    for n, raw in enumerate(_raw_lines(stream, path), start=1):  # split on b"\n" only
+        if n == 1:
+            raw = raw.removeprefix(UTF8_BOM)  # a byte-order mark (Windows editors) is not text
         try:
             yield raw.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
         except UnicodeDecodeError as e:
             raise InputError(f"invalid UTF-8 at byte {e.start}", path, n) from None
+
+
+def _raw_lines(stream: BinaryIO, path: str) -> Iterator[bytes]:
+    n = 0
+    lines = iter(stream)
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except OSError as e:
+            raise InputError(f"cannot read: {e.strerror or e}", path, n + 1) from None
+        n += 1
+        yield raw
 
 
 @contextmanager
@@ -93,14 +116,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise InputError(f"cannot create directory: {e.strerror}", str(path.parent)) from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        # created here, so an unwritable place fails before any work, and with the umask's mode
+        # (0644 as a rule): whatever the caller writes it with keeps this file's mode
+        tmp.open("wb").close()
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except PermissionError:
-        raise InputError("permission denied", str(path)) from None
+        _fsync_directory(path.parent)  # the rename itself reaches the disk before we say done
+    except BrokenPipeError:
+        raise  # stdout closed under the caller (`| head`): not a problem with this file
+    except OSError as e:  # a full disk, a read-only directory, a quota
+        raise InputError(f"cannot write: {e.strerror or e}", str(path)) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing was left there to remove, or nothing can be
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in directory durable; where a directory cannot be opened for it, nothing."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the file itself is already synced
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -158,8 +202,8 @@ def stream_chunks(stream: BinaryIO, path: str, max_lines: int) -> Iterator[list[
         try:
             for line in iter_lines(stream, path):
                 lines.put(line)
-        except InputError as err:
-            lines.put(err)
+        except Exception as err:  # noqa: BLE001 - any of them ends the run, in the caller's thread
+            lines.put(err if isinstance(err, InputError) else InputError(f"cannot read: {err}", path))
         lines.put(done)
 
     full_chunks = _is_regular_file(stream)

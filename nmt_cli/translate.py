@@ -26,7 +26,9 @@ class Translation(NamedTuple):
     src: str
     hyp: str
     score: float | None  # length-normalised log-probability of the best hypothesis; None for empty input
-    nbest: list[tuple[str, float]]  # (text, score), best first
+    # (text, score, finished), best first: those that ended with EOS by score, then those cut at the
+    # length cap by score (a complete translation beats a cut one; the top-1 never depends on n_best)
+    nbest: list[tuple[str, float, bool]]
     token_log_probs: list[float]
     src_pieces: list[str]
     hyp_pieces: list[str]
@@ -144,9 +146,9 @@ def _assemble(
     tokens = [t for _, nbest in parts for t in nbest[0].tokens]
     score = sum(nbest[0].score for _, nbest in parts)
     nbest = (
-        [(sub.decode(h.tokens), h.score) for h in parts[0][1]]
+        [(sub.decode(h.tokens), h.score, h.finished) for h in parts[0][1]]
         if len(parts) == 1
-        else [(sub.decode(tokens), score)]
+        else [(sub.decode(tokens), score, all(nb[0].finished for _, nb in parts))]
     )
     src_ids = [t for seg, _ in parts for t in seg]
     attention = None

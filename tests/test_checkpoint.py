@@ -1,6 +1,7 @@
 """model.nmt is one safetensors file that rebuilds the model without unpickling anything."""
 
 import json
+import os
 import pickle
 
 import pytest
@@ -26,7 +27,62 @@ def test_model_file_is_plain_safetensors_with_config_and_subwords(trained, subwo
     assert header["__metadata__"]["format"] == "nmt-ckpt/1"
     assert json.loads(header["__metadata__"]["config"])["vocab_size"] == subword.vocab_size
     assert "__subword_model__" in header
-    assert b"\x80\x04" not in blob[:200]  # no pickle protocol marker where a pickle would start
+    # nothing but the JSON header and raw tensor bytes: the tensors' byte ranges tile the rest of the
+    # file exactly, so no pickle (or anything else) can hide in it
+    start = 8 + int.from_bytes(blob[:8], "little")
+    ranges = sorted(t["data_offsets"] for name, t in header.items() if name != "__metadata__")
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(blob) - start
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert {t["dtype"] for name, t in header.items() if name != "__metadata__"} <= {"F32", "U8", "I64"}
+
+
+def test_model_files_are_written_with_the_umask_mode(trained, tmp_path):
+    loaded = load_model(trained)
+    old = os.umask(0o022)
+    try:
+        save_model(tmp_path / "m.nmt", loaded.model, loaded.subword)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.nmt").stat().st_mode & 0o777 == 0o644  # safetensors alone gives 0600
+
+
+def test_a_full_disk_while_saving_is_one_error(trained, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import nmt_cli.checkpoint
+
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(nmt_cli.checkpoint, "save_safetensors_file", full)
+    loaded = load_model(trained)
+    with pytest.raises(InputError, match=r"m.nmt: cannot write: No space left on device \(os error 28\)$"):
+        save_model(tmp_path / "m.nmt", loaded.model, loaded.subword)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_weights_are_widened_on_load(trained, tmp_path):
+    tensors = safetensors.torch.load_file(trained)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    blob = trained.read_bytes()
+    metadata = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    safetensors.torch.save_file(half, tmp_path / "half.nmt", metadata=metadata)
+    model = load_model(tmp_path / "half.nmt").model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    reference = load_model(trained).model.state_dict()
+    for name, t in model.state_dict().items():
+        assert torch.allclose(t, reference[name], atol=1e-2, rtol=1e-2), name
+
+
+def test_a_newer_format_says_so(trained, tmp_path):
+    tensors = safetensors.torch.load_file(trained)
+    blob = trained.read_bytes()
+    metadata = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    safetensors.torch.save_file(
+        tensors, tmp_path / "model.nmt", metadata={**metadata, "format": "nmt-ckpt/2"}
+    )
+    with pytest.raises(CheckpointError, match=r"model.nmt was written by format nmt-ckpt/2; .* upgrade nmt$"):
+        read_info(tmp_path / "model.nmt")
 
 
 def test_load_needs_no_pickle(trained, monkeypatch):
@@ -134,10 +190,11 @@ def test_a_save_that_fails_midway_leaves_the_old_files(tmp_path, subword, monkey
             half_then_full_disk(f)
 
     monkeypatch.setattr("nmt_cli.checkpoint.save_safetensors_file", save_file)
-    with pytest.raises(OSError):
+    full = r"cannot write: No space left on device$"  # one error line, not an OSError traceback
+    with pytest.raises(InputError, match=full):
         save_model(tmp_path / "m.nmt", model, subword, {"step": 2})
     monkeypatch.setattr(torch, "save", lambda _state, f: half_then_full_disk(f))
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=full):
         save_trainer_state(tmp_path / "state.pt", {"step": 2})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
     assert read_info(tmp_path / "m.nmt")[1] == {"step": 1}

@@ -1,6 +1,9 @@
 """The command line as users see it: results on stdout, logs on stderr, exit codes, one-line errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -110,12 +113,18 @@ def test_usage_error_exits_2():
 def test_evaluate_prints_signatures(tmp_path):
     ref = tmp_path / "ref.de"
     ref.write_text("der Hund schläft .\ndie Katze sieht den Hund .\n")
-    result = invoke(
-        "evaluate", "-r", ref, ref.as_posix().replace("ref.de", "ref.de"), "--metrics", "bleu,chrf"
-    )
+    hyp = tmp_path / "hyp.de"
+    hyp.write_text("der Hund schläft .\ndie Katze sieht einen Hund .\n")
+    result = invoke("evaluate", "-r", ref, hyp, "--metrics", "bleu,chrf")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith("BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
-    assert " = 100.00 " in result.stdout.splitlines()[0]
+    # one word of 10 differs: 1-4-gram precisions 9/10, 6/8, 3/6, 1/4, (.9 * .75 * .5 * .25) ** .25 = 53.90
+    assert (
+        " = 53.90 90.0/75.0/50.0/25.0 (BP = 1.000 ratio = 1.000 hyp_len = 10 ref_len = 10)"
+        in (result.stdout.splitlines()[0])
+    )
+    same = invoke("evaluate", "-r", ref, ref, "--metrics", "bleu")
+    assert " = 100.00 " in same.stdout
     data = json.loads(invoke("evaluate", "-r", ref, ref, "--json").stdout)
     assert [d["name"] for d in data] == ["BLEU", "chrF", "TER"] and data[2]["score"] == 0.0
 
@@ -170,3 +179,80 @@ def test_train_refuses_to_overwrite_and_trains_its_own_subwords(corpus, tmp_path
     assert again.exit_code == 1 and "use --resume to continue or --overwrite" in again.stderr
     assert (tmp_path / "run" / "model.nmt").read_bytes() == before  # nothing touched
     assert invoke(*args, "--overwrite").exit_code == 0
+
+
+def test_translate_read_error_is_one_line_and_does_not_hang(trained):
+    # /proc/self/mem opens, but reading it fails with EIO: before, the reader thread died with a
+    # traceback and translate waited forever
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs Linux's /proc/self/mem")
+    done = subprocess.run(
+        [sys.executable, "-m", "nmt_cli", "translate", "-m", str(trained), "/proc/self/mem", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == "nmt: error: /proc/self/mem:1: cannot read: Input/output error\n"
+
+
+def test_translate_checks_its_output_before_decoding(trained, tmp_path, monkeypatch):
+    import nmt_cli.translate
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before checking -o")
+
+    monkeypatch.setattr(nmt_cli.translate, "translate_lines", no_decoding)
+    (tmp_path / "some_dir").mkdir()
+    result = invoke("translate", "-m", trained, "-o", tmp_path / "some_dir", input="a dog .\n")
+    assert result.exit_code == 1
+    assert result.stderr == f"nmt: error: {tmp_path / 'some_dir'}: is a directory, expected a file to write\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["translate", "--max-len-a", "inf"], "max_len_a must be a finite number, got inf"),
+        (["translate", "--threads", "-1"], "--threads must be at least 0 (0: the default), got -1"),
+        (["score", "--threads", "-1", "--src", "{src}", "--tgt", "{src}"], "--threads must be at least 0"),
+        (["align", "--batch-size", "0", "--src", "{src}"], "--batch-size must be at least 1, got 0"),
+        (
+            ["tune", "--batch-size", "0", "--src", "{src}", "--ref", "{src}"],
+            "--batch-size must be at least 1",
+        ),
+    ],
+)
+def test_bad_numbers_are_one_line_errors(trained, tmp_path, args, message):
+    src = tmp_path / "src.txt"
+    src.write_text("a dog .\n")
+    args = [a.format(src=src) for a in args]
+    result = invoke(*args[:1], "-m", trained, *args[1:], input="a dog .\n")
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr == f"nmt: error: {message}\n" or (
+        result.stderr.startswith(f"nmt: error: {message}") and result.stderr.count("\n") == 1
+    )
+
+
+def test_subword_decode_ids_out_of_range_names_the_piped_line(trained):
+    # piped input arrives in chunks of any size: the line number must count lines, not chunks
+    vocab = invoke("subword", "encode", "-m", trained, "--ids", input="a dog .\n").stdout.split()
+    assert vocab
+    result = invoke("subword", "decode", "-m", trained, "--ids", input="4 5\n\n99999\n")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("nmt: error: -:3: id 99999 is outside the vocabulary (0 to ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_nbest_lists_complete_translations_first(trained):
+    # best first means: translations that ended with EOS, by score, then any the length cap cut, by
+    # score; each entry says which it is. A cap of 2 pieces cuts most hypotheses.
+    result = invoke(
+        "translate", "-m", trained, "--format", "jsonl", "-b", "4", "--n-best", "4", "--max-len-a", "0",
+        "--max-len-b", "2", "-q", input="a dog runs on the grass .\nthe man .\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    for record in map(json.loads, result.stdout.splitlines()):
+        nbest = record["nbest"]
+        assert nbest[0]["hyp"] == record["hyp"] and nbest[0]["score"] == record["score"]
+        keys = [(not h["finished"], -h["score"]) for h in nbest]
+        assert keys == sorted(keys)

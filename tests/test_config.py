@@ -47,6 +47,10 @@ def test_unknown_key_lists_valid_ones():
         (TrainConfig, {"lr": float("nan")}, "lr must be"),
         (DecodeConfig, {"beam_size": 0}, "beam_size must be at least 1"),
         (DecodeConfig, {"beam_size": 2, "n_best": 3}, "n_best"),
+        (DecodeConfig, {"max_len_a": float("inf")}, "max_len_a must be a finite number"),
+        (TrainConfig, {"plateau_patience": 0}, "plateau_patience must be at least 1"),
+        (TrainConfig, {"min_lr": -1e-4}, "min_lr must be at least 0"),
+        (TrainConfig, {"min_lr": float("inf")}, "min_lr must be a finite number"),
     ],
 )
 def test_bad_values_are_refused(cls, kwargs, message):

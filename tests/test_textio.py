@@ -2,6 +2,7 @@
 
 import io
 import os
+import stat
 import threading
 import time
 
@@ -85,3 +86,80 @@ def test_a_regular_file_is_cut_into_full_chunks_however_slowly_it_is_read(tmp_pa
         chunks = list(stream_chunks(stream, str(path), max_lines=64))
     assert [len(c) for c in chunks] == [64, 64, 22]
     assert [int(x) for c in chunks for x in c] == list(range(150))
+
+
+class _FailsAfter(io.RawIOBase):
+    """A stream that gives two lines, then a read error that is not bad UTF-8 (as /proc/self/mem does)."""
+
+    def __init__(self) -> None:
+        self.lines = [b"one\n", b"two\n"]
+
+    def readable(self) -> bool:
+        return True
+
+    def __next__(self) -> bytes:
+        if not self.lines:
+            raise OSError(5, "Input/output error")
+        return self.lines.pop(0)
+
+
+def test_a_read_error_names_its_line():
+    with pytest.raises(InputError, match=r"^x:3: cannot read: Input/output error$"):
+        list(iter_lines(_FailsAfter(), "x"))
+
+
+def test_any_error_of_the_reader_thread_ends_the_stream():
+    # before: the reader thread died with a traceback, and the caller waited for a line forever
+    got: list = []
+
+    def consume() -> None:
+        try:
+            got.extend(stream_chunks(_FailsAfter(), "x", 10))
+        except InputError as err:
+            got.append(err)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "stream_chunks hung after a read error"
+    assert got[0] == ["one", "two"] and str(got[1]) == "x:3: cannot read: Input/output error"
+
+
+def test_a_byte_order_mark_is_not_text():
+    assert list(iter_lines(io.BytesIO(b"\xef\xbb\xbfa\r\n\xef\xbb\xbfb\n"), "x")) == ["a", "\ufeffb"]
+
+
+def test_atomic_write_fsyncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((_is_dir(fd), (tmp_path / "f").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with atomic_write(tmp_path / "f") as f:
+        f.write(b"data")
+    assert synced == [(False, False), (True, True)]  # the file before the rename, its directory after
+
+
+def _is_dir(fd: int) -> bool:
+    return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def test_files_are_written_with_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "f") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing(tmp_path):
+    full = pytest.raises(InputError, match=r"f: cannot write: No space left on device$")
+    with full, atomic_write(tmp_path / "f") as f:
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
