@@ -123,7 +123,7 @@ def record_validation(
         console.print(f"[bold]validate[/] step {c.step} | dev loss {v.loss:.3f} | dev ppl {v.ppl:.2f}{bleu}")
 
 
-def record_vectors(out: Path, side: str, path: str, found: PieceVectors, cov: Coverage) -> None:
+def record_vectors(out: Path, side: str, path: str, found: PieceVectors, cov: Coverage, frozen: bool) -> None:
     """The coverage of one vector file, as a log.jsonl line (kind: vectors)."""
     append_jsonl(
         out / "log.jsonl",
@@ -141,6 +141,7 @@ def record_vectors(out: Path, side: str, path: str, found: PieceVectors, cov: Co
             "total_tokens": cov.total_tokens,
             "token_coverage": round(cov.tokens / cov.total_tokens, 4) if cov.total_tokens else 0.0,
             "uncovered": [[piece, n] for piece, n in cov.uncovered],
+            "frozen": frozen,
         },
     )
 

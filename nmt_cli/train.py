@@ -151,7 +151,7 @@ def load_vectors(model: Seq2Seq, run: Run, train: list[Example]) -> None:
             found.stripped,
             cov.as_text(),
         )
-        record_vectors(run.out_dir, side, path, found, cov)
+        record_vectors(run.out_dir, side, path, found, cov, run.train_cfg.freeze_embeddings)
 
 
 def freeze_embeddings(model: Seq2Seq, run: Run) -> None:

@@ -123,6 +123,7 @@ def test_covered_rows_equal_the_files_vectors_at_step_0(tmp_path, corpus, subwor
     assert torch.equal(model.tgt_embedding.weight, plain.tgt_embedding.weight)  # no --tgt-vectors
     (record,) = [r for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "vectors"]
     assert record["side"] == "src" and record["pieces"] == covered and record["dim"] == 16
+    assert record["path"] == str(VECTOR_FILE) and record["frozen"] is False
 
 
 def invoke(*args):
