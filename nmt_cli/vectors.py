@@ -70,17 +70,15 @@ def _header(fields: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def _parse(fields: list[str], dim: int, path: str, line: int) -> list[float]:
-    if len(fields) - 1 != dim:
-        raise InputError(f"expected a token and {dim} values, found {len(fields) - 1} values", path, line)
+def _parse(values: list[str], path: str, line: int) -> list[float]:
     try:
-        values = [float(v) for v in fields[1:]]
+        floats = [float(v) for v in values]
     except ValueError:
-        bad = next(v for v in fields[1:] if not _is_float(v))
+        bad = next(v for v in values if not _is_float(v))
         raise InputError(f"not a number: {bad[:40]!r}", path, line) from None
-    if not all(math.isfinite(v) for v in values):
+    if not all(math.isfinite(v) for v in floats):
         raise InputError("values must be finite numbers (found inf or nan)", path, line)
-    return values
+    return floats
 
 
 def _is_float(text: str) -> bool:
@@ -106,26 +104,30 @@ def _wanted(pieces: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
 def read_vectors(path: str | Path, pieces: Sequence[str], dim: int) -> PieceVectors:
     """Vectors for the pieces (index = piece id) from a text vector file of dimension dim.
 
-    The first vector of a token counts; later duplicates are checked but ignored.
+    Every line's value count is checked; the values themselves on the lines that are used. The first
+    vector of a token counts, later ones are ignored.
     """
     path = str(path)
     wanted = _wanted(pieces)
     best: dict[int, tuple[int, list[float]]] = {}  # piece id -> (rank, vector)
     header, seen, n_read = None, set(), 0
     for n, text in enumerate(_lines(path), start=1):
-        fields = text.rstrip(" \t").split(" ")  # word2vec writes a trailing space after the values
-        if n == 1 and (header := _header(fields)) is not None:
+        text = text.rstrip(" \t")  # word2vec writes a trailing space after the values
+        if n == 1 and (header := _header(text.split(" "))) is not None:
             _check_dim(header[1], dim, path, n)
             continue
-        if n_read == 0:
-            _check_dim(len(fields) - 1, dim, path, n)
-        vector = _parse(fields, dim, path, n)
+        token, _, values = text.partition(" ")
+        found = values.count(" ") + 1 if values else 0
+        if n_read == 0 and found:  # the first vector sets the file's dimension
+            _check_dim(found, dim, path, n)
+        if found != dim:
+            raise InputError(f"expected a token and {dim} values, found {found} values", path, n)
         n_read += 1
-        token = fields[0]
-        if token in seen:
-            continue
-        seen.add(token)
-        for piece_id, rank in wanted.get(token, ()):
+        if token not in wanted or token in seen:
+            continue  # only the lines used are parsed: a large file is mostly other words
+        seen.add(token)  # only matching tokens: memory stays bounded by the vocabulary
+        vector = _parse(values.split(" "), path, n)
+        for piece_id, rank in wanted[token]:
             if piece_id not in best or rank < best[piece_id][0]:
                 best[piece_id] = (rank, vector)
     if header is not None and header[0] != n_read:

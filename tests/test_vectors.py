@@ -22,8 +22,8 @@ from nmt_cli.vectors import coverage, read_vectors
 
 PIECES = ["<pad>", "<unk>", "<s>", "</s>", "▁the", "▁dog", "s", "▁cat", "▁"]
 # '▁dog' is in the file itself and as 'dog': the identical token wins; 'the' serves '▁the';
-# 's' is identical; '▁cat' and '▁' find nothing
-FILE = "4 3\nthe 1 2 3\ndog 9 9 9\n▁dog 4 5 6\ns 0.5 -2.5e-1 7\n"
+# 's' is identical; '▁cat' and '▁' find nothing; the second 'the' is read (and counted) but ignored
+FILE = "5 3\nthe 1 2 3\ndog 9 9 9\n▁dog 4 5 6\ns 0.5 -2.5e-1 7\nthe 8 8 8\n"
 VECTOR_FILE = DATA / "vectors.en.txt"
 
 
@@ -36,7 +36,7 @@ def test_pieces_take_identical_tokens_first_then_the_word_without_its_marker(tmp
     found = read_vectors(write(tmp_path / "v.txt", FILE), PIECES, 3)
     assert found.ids == [4, 5, 6]
     assert found.vectors.tolist() == [[1, 2, 3], [4, 5, 6], [0.5, -0.25, 7]]
-    assert (found.exact, found.stripped, found.read) == (2, 1, 4)
+    assert (found.exact, found.stripped, found.read) == (2, 1, 5)
 
 
 def test_gzip_and_no_header_and_trailing_spaces_read_the_same(tmp_path):
@@ -57,6 +57,7 @@ def test_gzip_and_no_header_and_trailing_spaces_read_the_same(tmp_path):
         ("the 1 2 3\ndog 1 nan 3\n", 2, "values must be finite numbers"),
         ("3 3\nthe 1 2 3\n", 1, "header announces 3 vectors, the file has 1"),
         ("the 1 2 3\n\n", 2, "expected a token and 3 values, found 0 values"),
+        ("the\n", 1, "expected a token and 3 values, found 0 values"),
     ],
 )
 def test_a_malformed_line_names_its_path_and_line(tmp_path, text, where, reason):
