@@ -179,3 +179,15 @@ def test_shared_embeddings_take_one_file_and_freezing_a_tied_one_is_refused(tmp_
     frozen = TrainConfig(tgt_vectors=str(VECTOR_FILE), freeze_embeddings=True, max_steps=1)
     with pytest.raises(ConfigError, match="would freeze the output layer too"):
         fit(Run(corpus, subword, tied, frozen, tmp_path / "b"), quiet=True)
+
+
+def test_one_file_serves_a_shared_embedding_and_counts_both_sides(tmp_path, corpus, subword):
+    cfg = tiny_model_config(subword.vocab_size, emb_size=16, share_embeddings=True)
+    run = Run(corpus, subword, cfg, TrainConfig(tgt_vectors=str(VECTOR_FILE), max_steps=1), tmp_path)
+    train, report = load_parallel(corpus.train_src, corpus.train_tgt, subword, 100)
+    model = build_model(cfg)
+    load_vectors(model, run, train)
+    (record,) = read_jsonl(tmp_path / "log.jsonl")
+    assert record["side"] == "shared"
+    assert record["total_tokens"] == report.src_tokens + report.tgt_tokens
+    assert model.encoder.embedding.weight is model.tgt_embedding.weight
