@@ -112,6 +112,17 @@ def train(
     save_every_minutes: float | None = typer.Option(None, help="Also save min-M.nmt every M minutes."),
     seed: int | None = typer.Option(None),
     vocab_size: int | None = typer.Option(None, help="Subword vocabulary size when training it here."),
+    src_vectors: Path | None = typer.Option(
+        None,
+        "--src-vectors",
+        help="Word vectors for the source embedding (word2vec/GloVe/fastText text, .gz ok).",
+    ),
+    tgt_vectors: Path | None = typer.Option(
+        None, "--tgt-vectors", help="Word vectors for the target embedding."
+    ),
+    freeze_embeddings: bool | None = typer.Option(
+        None, "--freeze-embeddings/--train-embeddings", help="Keep embeddings that took vectors fixed."
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -168,6 +179,9 @@ def train(
         save_every_minutes=save_every_minutes,
         seed=seed,
         threads=threads or None,
+        src_vectors=str(src_vectors) if src_vectors else None,
+        tgt_vectors=str(tgt_vectors) if tgt_vectors else None,
+        freeze_embeddings=freeze_embeddings,
     )
     model_cfg, train_cfg, sub_cfg = merged_configs(
         preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)

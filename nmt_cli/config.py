@@ -111,6 +111,9 @@ class TrainConfig:
     keep_last: int = 0  # also save step-<N>.nmt at each validation, keep the last k, 0: none
     seed: int = 1234
     threads: int = 0  # 0: leave torch's default
+    src_vectors: str = ""  # word vectors (text format, gzip allowed) for the source embedding, "": none
+    tgt_vectors: str = ""  # the same for the target embedding
+    freeze_embeddings: bool = False  # embeddings that got vectors are not trained
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -140,6 +143,8 @@ class TrainConfig:
         _at_least("min_lr", self.min_lr, 0.0)
         if not math.isfinite(self.min_lr):
             raise ConfigError(f"min_lr must be a finite number, got {self.min_lr}")
+        if self.freeze_embeddings and not (self.src_vectors or self.tgt_vectors):
+            raise ConfigError("freeze_embeddings needs src_vectors or tgt_vectors")
 
 
 # TrainConfig fields a resumed run may change: they decide when to stop and what is reported or kept,

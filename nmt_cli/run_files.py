@@ -21,6 +21,7 @@ from nmt_cli.loss import Validation
 from nmt_cli.model import Seq2Seq
 from nmt_cli.subword import Subword
 from nmt_cli.textio import append_jsonl, atomic_write
+from nmt_cli.vectors import Coverage, PieceVectors
 
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step-(\d+)\.nmt")  # step-best.nmt and other names of the user's are left alone
@@ -188,6 +189,29 @@ def record_validation(
     if not quiet:
         bleu = "" if v.bleu is None else f" | dev BLEU {v.bleu:5.2f}{' (best)' if improved else ''}"
         console.print(f"[bold]validate[/] step {c.step} | dev loss {v.loss:.3f} | dev ppl {v.ppl:.2f}{bleu}")
+
+
+def record_vectors(out: Path, side: str, path: str, found: PieceVectors, cov: Coverage, frozen: bool) -> None:
+    """The coverage of one vector file, as a log.jsonl line (kind: vectors)."""
+    append_jsonl(
+        out / "log.jsonl",
+        {
+            "kind": "vectors",
+            "side": side,
+            "path": path,
+            "read": found.read,
+            "dim": found.vectors.shape[1],
+            "pieces": cov.pieces,
+            "vocabulary": cov.vocabulary,
+            "identical": found.exact,
+            "word_initial": found.stripped,
+            "tokens": cov.tokens,
+            "total_tokens": cov.total_tokens,
+            "token_coverage": round(cov.tokens / cov.total_tokens, 4) if cov.total_tokens else 0.0,
+            "uncovered": [[piece, n] for piece, n in cov.uncovered],
+            "frozen": frozen,
+        },
+    )
 
 
 def save_run(

@@ -26,6 +26,7 @@ from nmt_cli.run_files import (
     prepare_run_dir,
     record_train,
     record_validation,
+    record_vectors,
     restore,
     save_run,
     subword_digest,
@@ -35,6 +36,7 @@ from nmt_cli.schedule import learning_rate
 from nmt_cli.store import training_pairs
 from nmt_cli.subword import Subword
 from nmt_cli.textio import read_lines
+from nmt_cli.vectors import coverage, read_vectors
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,9 @@ def fit(
     log.info("training pairs: %d kept of %d%s", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
     model = build_model(run.model_cfg)
+    freeze_embeddings(model, run)
+    if not resume:  # a resumed run restores the trained rows instead
+        load_vectors(model, run, train)
     kernels = cpu.install(model)
     optimizer = build_optimizer(model, cfg)
     # a store's corpus facts come from the store (digests recorded once), not from hashing its files again
@@ -141,6 +146,51 @@ def fit(
         "torch": torch.__version__,
     }
     return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet, interrupt)
+
+
+def _vector_sides(model: Seq2Seq, run: Run) -> list[tuple[str, str, torch.nn.Embedding]]:
+    """(side, vector file, embedding) for each embedding that takes pretrained vectors."""
+    cfg = run.train_cfg
+    if run.model_cfg.share_embeddings:
+        files = sorted({f for f in (cfg.src_vectors, cfg.tgt_vectors) if f})
+        if len(files) > 1:
+            raise ConfigError("shared embeddings take one vector file: give the same file to both, or one")
+        return [("shared", files[0], model.tgt_embedding)] if files else []
+    sides = [("src", cfg.src_vectors, model.encoder.embedding), ("tgt", cfg.tgt_vectors, model.tgt_embedding)]
+    return [side for side in sides if side[1]]
+
+
+def load_vectors(model: Seq2Seq, run: Run, train: list[Example]) -> None:
+    """Embedding rows from the vector files; the coverage of each goes to stderr and log.jsonl."""
+    pieces = run.subword.id_to_piece(range(run.subword.vocab_size))
+    for side, path, embedding in _vector_sides(model, run):
+        found = read_vectors(path, pieces, run.model_cfg.emb_size)
+        with torch.no_grad():  # pieces without a vector keep their initialisation
+            embedding.weight[found.ids] = found.vectors
+        corpus = [ex.src for ex in train] if side != "tgt" else []
+        corpus += [ex.tgt for ex in train] if side != "src" else []
+        cov = coverage(found.ids, pieces, corpus)
+        log.info(
+            "%s vectors %s: %d read, %d identical and %d word-initial matches; %s",
+            side,
+            path,
+            found.read,
+            found.exact,
+            found.stripped,
+            cov.as_text(),
+        )
+        record_vectors(run.out_dir, side, path, found, cov, run.train_cfg.freeze_embeddings)
+
+
+def freeze_embeddings(model: Seq2Seq, run: Run) -> None:
+    """With freeze_embeddings, the embeddings that took vectors are not trained (uncovered rows included)."""
+    if not run.train_cfg.freeze_embeddings:
+        return
+    sides = _vector_sides(model, run)
+    if run.model_cfg.tie_embeddings and any(side != "src" for side, _, _ in sides):
+        raise ConfigError("freeze_embeddings with tie_embeddings would freeze the output layer too")
+    for _, _, embedding in sides:
+        embedding.weight.requires_grad_(False)
 
 
 def _load_dev(run: Run) -> tuple[list[Example], list[str] | None]:
