@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from nmt_cli import cmd_analysis, cmd_data, cmd_eval, cmd_model, cmd_train, cmd_translate
+from nmt_cli import cmd_analysis, cmd_data, cmd_eval, cmd_model, cmd_sweep, cmd_train, cmd_translate
 from nmt_cli.cli_base import reports_errors
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ COMMANDS = [
     (app, "score", cmd_translate.score),
     (app, "shortlist", cmd_translate.shortlist),
     (app, "evaluate", cmd_eval.evaluate),
+    (app, "sweep", cmd_sweep.sweep),
     (app, "align", cmd_analysis.align),
     (app, "attention", cmd_analysis.attention),
     (app, "curves", cmd_analysis.curves),

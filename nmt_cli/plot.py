@@ -1,4 +1,4 @@
-"""Attention heatmaps (PNG/SVG/PDF or the terminal) and training curves.
+"""Attention heatmaps (PNG/SVG/PDF or the terminal), training curves, BLEU by length, gate activations.
 
 matplotlib is imported inside the drawing functions, so `nmt --help` and the terminal heatmap do
 not pay for it, and only `matplotlib.figure.Figure` is used: no pyplot, no global figure state.
@@ -41,6 +41,38 @@ _METADATA: dict[str, dict[str, Any] | None] = {
 # Curve panels: (y label, record keys drawn on it), each against step and wall-clock minutes.
 _PANELS = (("loss", ("loss", "dev_loss")), ("dev BLEU", ("dev_bleu",)), ("learning rate", ("lr",)))
 _X_AXES = (("step", "step"), ("wall", "wall-clock minutes"))
+LENGTH_EDGES = (5, 10, 15, 20)  # source-length buckets 1-5, 6-10, 11-15, 16-20, 21+ (words)
+Buckets = Sequence[tuple[str, int, "float | None"]]  # (label, lines, BLEU or None when empty)
+
+
+def save_by_length(series: dict[str, Buckets], path: str | Path, title: str = "") -> None:
+    """BLEU per source-length bucket, one line per system, on one picture."""
+    fmt = image_format(path)
+    if not series:
+        raise InputError("no systems to draw")
+    fig = _figure((7.0, 4.5))
+    ax = fig.subplots()
+    for name, buckets in series.items():
+        xs = [k for k, (_, _, bleu) in enumerate(buckets) if bleu is not None]
+        ax.plot(xs, [buckets[k][2] for k in xs], marker="o", label=name)
+    first = next(iter(series.values()))
+    ax.set_xticks(range(len(first)), [f"{label}\n({n})" for label, n, _ in first])
+    ax.set(xlabel="source length in words (lines)", ylabel="BLEU", title=title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    _write(fig, path, fmt)
+
+
+def by_length_table(series: dict[str, Buckets]) -> Table:
+    """The same numbers as save_by_length, as a terminal table: systems down, buckets across."""
+    first = next(iter(series.values()))
+    table = Table(title="BLEU by source length (words)", title_justify="left")
+    table.add_column("system")
+    for label, n, _ in first:
+        table.add_column(f"{label} ({n})", justify="right")
+    for name, buckets in series.items():
+        table.add_row(name, *("-" if b is None else f"{b:.1f}" for _, _, b in buckets))
+    return table
 
 
 def save_attention(
