@@ -125,6 +125,59 @@ def terminal_heatmap(
     return Group(table, _legend(color))  # a caption would wrap inside a narrow table
 
 
+def save_gates(traces: Sequence[Any], path: str | Path, title: str = "") -> None:
+    """One column per trace (gates.GateTrace): a heatmap per gate (units down, steps across), then the
+    norms of h_t and c_t over the steps."""
+    fmt = image_format(path)
+    rows = 1 + max(len(t.gates) for t in traces)
+    width = max(len(t.tokens) for t in traces)
+    fig = _figure((2.0 + 0.45 * width * len(traces), 2.2 * rows))
+    axes = fig.subplots(rows, len(traces), squeeze=False)
+    for col, trace in enumerate(traces):
+        steps = range(len(trace.tokens))
+        for row, (gate, values) in enumerate(trace.gates.items()):
+            ax = axes[row][col]
+            image = ax.imshow(
+                values.T, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+            )
+            ax.set(title=f"{trace.name}: {gate} gate", ylabel="unit")
+            ax.set_xticks(list(steps), trace.tokens, rotation=90, fontsize="small")
+            fig.colorbar(image, ax=ax)
+        for row in range(len(trace.gates), rows - 1):
+            axes[row][col].axis("off")
+            axes[row][col].text(0.5, 0.5, "no gates:\nh = tanh(W x + U h + b)", ha="center", va="center")
+        ax = axes[rows - 1][col]
+        ax.plot(list(steps), np.linalg.norm(trace.hidden, axis=1), marker="o", label="‖h_t‖")
+        if trace.cell is not None:
+            ax.plot(list(steps), np.linalg.norm(trace.cell, axis=1), marker="s", label="‖c_t‖")
+        ax.set(title=f"{trace.name}: state norms")
+        ax.set_xticks(list(steps), trace.tokens, rotation=90, fontsize="small")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _write(fig, path, fmt)
+
+
+def gates_table(trace: Any) -> Table:  # noqa: ANN401 - a gates.GateTrace
+    """A trace in the terminal: per step, each gate's mean over units and the state norms."""
+    table = Table(title=trace.name, title_justify="left")
+    table.add_column("step", justify="right")
+    table.add_column("input")
+    for gate in trace.gates:
+        table.add_column(f"{gate} (mean)", justify="right")
+    table.add_column("‖h‖", justify="right")
+    if trace.cell is not None:
+        table.add_column("‖c‖", justify="right")
+    for t, token in enumerate(trace.tokens):
+        cells = [f"{values[t].mean():.2f}" for values in trace.gates.values()]
+        norms = [f"{np.linalg.norm(trace.hidden[t]):.2f}"]
+        if trace.cell is not None:
+            norms.append(f"{np.linalg.norm(trace.cell[t]):.2f}")
+        table.add_row(str(t + 1), token, *cells, *norms)
+    return table
+
+
 def save_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Plot loss, dev BLEU and learning rate against step and wall-clock minutes, 3 x 2 panels.
 
