@@ -17,6 +17,7 @@ from nmt_cli.align import Link, WordAttention, alignment_from_attention, merge_s
 from nmt_cli.checkpoint import LoadedModel
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
+from nmt_cli.errors import ConfigError
 from nmt_cli.metrics import corpus_scores
 from nmt_cli.subword import BOS
 
@@ -48,6 +49,16 @@ class SweepRow(NamedTuple):
     empty: int  # non-empty source lines translated to nothing
     seconds: float
     signature: str  # BLEU's
+
+
+def require_attention(loaded: LoadedModel, path: str, what: str) -> None:
+    """Fail clearly for a model without attention (attention none): it has nothing to align or draw."""
+    if loaded.config.attention == "none":
+        raise ConfigError(
+            f"this model has no attention (attention none: the decoder sees only the encoder's final "
+            f"state), so there is no {what}",
+            path,
+        )
 
 
 def _empty(line: int, src: str, tgt: str, src_pieces: list[str], tgt_pieces: list[str]) -> PairAttention:

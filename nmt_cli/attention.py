@@ -67,8 +67,10 @@ class BahdanauAttention(nn.Module):
         return self.v(torch.tanh(q.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
 
 
-def build_attention(kind: str, query_size: int, memory_size: int) -> nn.Module:
-    """The attention module for a config's attention type."""
+def build_attention(kind: str, query_size: int, memory_size: int) -> nn.Module | None:
+    """The attention module for a config's attention type; None for "none" (no attention at all)."""
+    if kind == "none":
+        return None
     if kind == "bahdanau":
         return BahdanauAttention(query_size, memory_size)
     return LuongAttention(kind, query_size, memory_size)

@@ -59,26 +59,28 @@ def onednn_rate() -> float:
     return matmul_rate(product=gemm.mm) if gemm.backend() == "onednn" else 0.0
 
 
-def lstm_macs(inputs: int, hidden: int) -> int:
-    return 4 * hidden * (inputs + hidden)
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per cell: tanh RNN, GRU (r, z, n), LSTM (i, f, g, o)
+
+
+def lstm_macs(inputs: int, hidden: int, cell: str = "lstm") -> int:
+    return GATES[cell] * hidden * (inputs + hidden)
 
 
 def forward_macs_per_token(cfg: ModelConfig, src_per_tgt: float) -> float:
     """Multiply-adds of one target token's forward pass (embedding lookups, softmax, loss left out)."""
     H, M, S = cfg.decoder_hidden, cfg.memory_size, 15  # S: typical source length, for scores only
     feed = H if cfg.input_feeding else 0
-    decoder = lstm_macs(cfg.emb_size + feed, H) + (cfg.decoder_layers - 1) * lstm_macs(H, H)
-    attention = (M + H) * H + 2 * S * M  # output layer [c; h] -> H, scores and context
+    cell = cfg.decoder_cell
+    decoder = lstm_macs(cfg.emb_size + feed, H, cell) + (cfg.decoder_layers - 1) * lstm_macs(H, H, cell)
+    attention = (M + H) * H + 2 * S * M if cfg.attention != "none" else H * H  # [c; h] -> H, scores, context
     attention += {"general": M * H * src_per_tgt, "bahdanau": H * H + M * H * src_per_tgt + S * H}.get(
         cfg.attention, 0
     )
     dirs = 2 if cfg.bidirectional else 1
     enc_layers = [
-        lstm_macs(cfg.emb_size if i == 0 else dirs * cfg.encoder_hidden, cfg.encoder_hidden)
+        lstm_macs(cfg.emb_size if i == 0 else dirs * cfg.encoder_hidden, cfg.encoder_hidden, cfg.encoder_cell)
         for i in range(cfg.encoder_layers)
     ]
-    if cfg.encoder_cell == "gru":
-        enc_layers = [m * 3 // 4 for m in enc_layers]
     encoder = dirs * sum(enc_layers) * src_per_tgt
     return decoder + attention + H * cfg.vocab_size + encoder
 

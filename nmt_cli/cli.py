@@ -7,7 +7,17 @@ import sys
 
 import typer
 
-from nmt_cli import __version__, cmd_analysis, cmd_data, cmd_eval, cmd_model, cmd_train, cmd_translate
+from nmt_cli import (
+    __version__,
+    cmd_analysis,
+    cmd_data,
+    cmd_eval,
+    cmd_inspect,
+    cmd_model,
+    cmd_sweep,
+    cmd_train,
+    cmd_translate,
+)
 from nmt_cli.cli_base import reports_errors, write_stdout
 
 app = typer.Typer(
@@ -37,7 +47,9 @@ subword_app = typer.Typer(no_args_is_help=True, help="Encode or decode text with
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against this machine's limit.")
 app.add_typer(subword_app, name="subword")
+inspect_app = typer.Typer(no_args_is_help=True, help="Look inside a trained model.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(inspect_app, name="inspect")
 COMMANDS = [
     (app, "prepare", cmd_data.prepare),
     (subword_app, "encode", cmd_data.subword_encode),
@@ -48,6 +60,8 @@ COMMANDS = [
     (app, "score", cmd_translate.score),
     (app, "shortlist", cmd_translate.shortlist),
     (app, "evaluate", cmd_eval.evaluate),
+    (app, "sweep", cmd_sweep.sweep),
+    (inspect_app, "gates", cmd_inspect.gates),
     (app, "align", cmd_analysis.align),
     (app, "attention", cmd_analysis.attention),
     (app, "curves", cmd_analysis.curves),

@@ -81,6 +81,7 @@ def _attention_of(
     from nmt_cli.translate import decode_signature
 
     loaded = load_model(model)
+    analysis.require_attention(loaded, str(model), "attention to align")
     if tgt_lines is not None:
         pairs = analysis.forced_attention(loaded, src_lines, tgt_lines, batch_size)
         return pairs, {"model": loaded.digest, "mode": "forced", "decode": None}
@@ -153,6 +154,7 @@ def attention(
     chosen = _chosen_sentences(sentence, input_file, lines)
     set_threads(threads)
     loaded = load_model(model)
+    analysis.require_attention(loaded, str(model), "attention to draw")
     pairs = analysis.translation_attention(loaded, [s for _, s in chosen], DecodeConfig(beam_size=beam_size))
     for (n, _), pair in zip(chosen, pairs, strict=True):
         header = pair.tgt if n is None else f"line {n}: {pair.tgt}"

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from nmt_cli.cli_base import write_stdout
-from nmt_cli.errors import ConfigError
+from nmt_cli.errors import ConfigError, InputError
 
 Scores = dict[str, list[Any]]  # system name -> MetricResult per metric, in metric order
 
@@ -41,6 +41,10 @@ def evaluate(
     ),
     sentence: bool = typer.Option(False, "--sentence", help="Per-line scores as JSON lines."),
     tsv: bool = typer.Option(False, "--tsv", help="With --sentence: tab-separated, with a header."),
+    by_length: Path | None = typer.Option(
+        None, "--by-length", help="Source file: BLEU per source-length bucket of each system (a table)."
+    ),
+    plot_path: Path | None = typer.Option(None, "--plot", help="With --by-length: draw it (PNG/SVG/PDF)."),
 ) -> None:
     """Score detokenized hypotheses against references: BLEU, chrF, TER, each with its signature."""
     from nmt_cli.metrics import corpus_scores
@@ -48,6 +52,9 @@ def evaluate(
     _check_modes(as_json, score_only, significance, sentence, tsv)
     keys = [m.strip() for m in metrics.split(",") if m.strip()]
     systems, ref_lines = _read_systems(hyps or ["-"], refs)
+    if by_length is not None or plot_path is not None:
+        _by_length(systems, ref_lines, by_length, plot_path, as_json)
+        return
     if sentence:
         write_stdout(_sentence_output(systems, ref_lines, keys, tsv))
         return
@@ -228,3 +235,39 @@ def _sentence_output(
             record = {"system": name, "line": n, **values, "hyp": hyp, "refs": refs}
             out.append(json.dumps(record, ensure_ascii=False) + "\n")
     return "".join(out)
+
+
+def _by_length(
+    systems: dict[str, list[str]], refs: list[list[str]], src: Path | None, path: Path | None, as_json: bool
+) -> None:
+    """BLEU of each system per source-length bucket (first reference): a table or JSON, and a picture."""
+    import io
+
+    from rich.console import Console
+
+    from nmt_cli import plot
+    from nmt_cli.metrics import bleu_by_length
+    from nmt_cli.textio import read_lines
+
+    if src is None:
+        raise ConfigError("--plot needs --by-length SOURCE_FILE (the lengths are the source's)")
+    if path is not None:
+        plot.image_format(path)
+    src_lines = read_lines(src)
+    if len(src_lines) != len(refs[0]):
+        raise InputError(f"{src} has {len(src_lines)} lines but the references have {len(refs[0])}", str(src))
+    lengths = [len(line.split()) for line in src_lines]
+    series = {name: bleu_by_length(h, refs[0], lengths, plot.LENGTH_EDGES) for name, h in systems.items()}
+    if path is not None:
+        plot.save_by_length(series, path, title=f"BLEU by source length ({src})")
+    if as_json:
+        records = [
+            {"system": name, "bucket": label, "lines": n, "bleu": bleu}
+            for name, buckets in series.items()
+            for label, n, bleu in buckets
+        ]
+        write_stdout(json.dumps(records) + "\n")
+        return
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, force_terminal=False).print(plot.by_length_table(series))
+    write_stdout(buffer.getvalue() + (f"{path}\n" if path is not None else ""))

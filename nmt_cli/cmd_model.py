@@ -50,7 +50,8 @@ def _info_text(r: dict[str, Any]) -> str:
         (
             "architecture",
             f"{encoder} encoder {c['encoder_layers']}x{c['encoder_hidden']}, "
-            f"LSTM decoder {c['decoder_layers']}x{c['decoder_hidden']}, {c['attention']} attention, "
+            f"{c.get('decoder_cell', 'lstm').upper()} decoder {c['decoder_layers']}x{c['decoder_hidden']}, "
+            f"{c['attention']} attention, "
             f"embeddings {c['emb_size']}, input feeding {_on(c['input_feeding'])}, "
             f"bridge {_on(c['bridge'])}, dropout {c['dropout']}",
         ),

@@ -118,6 +118,10 @@ def translate(
     )
     with _output(output) as write:  # an output file that cannot be written fails here, before any work
         loaded = for_decoding(load_model(model), int8)
+        if with_attention:
+            from nmt_cli.analysis import require_attention
+
+            require_attention(loaded, str(model), "attention for --with-attention")
         release_start_up_code()
         signature = decode_signature(loaded, cfg)
         if not quiet:

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 from nmt_cli.errors import ConfigError
 
-ATTENTION_TYPES = ("bahdanau", "dot", "general", "scaled-dot")
-CELL_TYPES = ("lstm", "gru")
+ATTENTION_TYPES = ("none", "bahdanau", "dot", "general", "scaled-dot")  # none: the fixed-vector seq2seq
+CELL_TYPES = ("rnn", "lstm", "gru")  # rnn: the simple tanh (Elman) RNN
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "inverse-sqrt", "cosine", "linear", "plateau")
 SUBWORD_TYPES = ("unigram", "bpe", "char", "word")
@@ -55,6 +55,7 @@ class ModelConfig:
     bidirectional: bool = True
     encoder_cell: str = "lstm"
     decoder_hidden: int = 512
+    decoder_cell: str = "lstm"
     decoder_layers: int = 1
     attention: str = "general"
     input_feeding: bool = True
@@ -69,6 +70,12 @@ class ModelConfig:
             _at_least(name, getattr(self, name), 1)
         _choice("attention type", self.attention, ATTENTION_TYPES)
         _choice("encoder cell", self.encoder_cell, CELL_TYPES)
+        _choice("decoder cell", self.decoder_cell, CELL_TYPES)
+        if self.attention == "none" and not self.bridge:
+            raise ConfigError(
+                "attention none needs the bridge: without attention the decoder sees the source only "
+                "through its initial state"
+            )
         _fraction("dropout", self.dropout)
         if self.tie_embeddings and self.emb_size != self.decoder_hidden:
             raise ConfigError(

@@ -198,6 +198,49 @@ def significance(
     return Significance(method, test.n_samples, seed, sigs, scores)
 
 
+class Interval(NamedTuple):
+    """A corpus BLEU with its bootstrap 95 % interval (sacrebleu's n_bootstrap): mean ± ci."""
+
+    score: float
+    mean: float
+    ci: float
+    signature: str
+
+
+def bleu_interval(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]], n_bootstrap: int = 1000, seed: int = 12345
+) -> Interval:
+    """Corpus BLEU and the 95 % interval of n_bootstrap resamples of the lines, seeded."""
+    _require_aligned(hyps, refs)
+    _check_test("bootstrap", n_bootstrap, 1, seed)
+    metric = _make_metric("bleu", False, "13a")
+    with _sacrebleu_seed(seed):
+        score = metric.corpus_score(list(hyps), [list(r) for r in refs], n_bootstrap=n_bootstrap)
+    return Interval(float(score.score), float(score._mean), float(score._ci), metric.get_signature().format())
+
+
+def bleu_by_length(
+    hyps: Sequence[str], refs: Sequence[str], lengths: Sequence[int], edges: Sequence[int]
+) -> list[tuple[str, int, float | None]]:
+    """Corpus BLEU of the lines in each source-length bucket: edges (10, 20) make buckets 1-10, 11-20,
+    21+ -> [(label, lines, BLEU or None when the bucket is empty)]."""
+    _require_aligned(hyps, [refs])
+    bounds = [0, *edges]
+    buckets: list[tuple[str, int, float | None]] = []
+    for k, low in enumerate(bounds):
+        high = bounds[k + 1] if k + 1 < len(bounds) else None
+        rows = [n for n, x in enumerate(lengths) if x > low and (high is None or x <= high)]
+        label = f"{low + 1}-{high}" if high is not None else f"{low + 1}+"
+        if not rows:
+            buckets.append((label, 0, None))
+            continue
+        bleu = _make_metric("bleu", False, "13a").corpus_score(
+            [hyps[n] for n in rows], [[refs[n] for n in rows]]
+        )
+        buckets.append((label, len(rows), float(bleu.score)))
+    return buckets
+
+
 def _check_metrics(metrics: Sequence[str]) -> list[str]:
     keys = [m.lower() for m in metrics]
     if not keys:

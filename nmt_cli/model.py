@@ -1,4 +1,8 @@
-"""LSTM encoder-decoder with global attention (Luong et al. 2015; Bahdanau et al. 2015), in plain torch.
+"""RNN encoder-decoder with global attention (Luong et al. 2015; Bahdanau et al. 2015), in plain torch.
+
+Encoder and decoder cells are the simple tanh RNN (Elman 1990), the LSTM (Hochreiter & Schmidhuber 1997)
+or the GRU (Cho et al. 2014); attention "none" is the fixed-vector seq2seq (Sutskever et al. 2014;
+Cho et al. 2014), whose decoder sees the source only through its initial state.
 
 Search and training talk to the model through three calls: `encode`, `decode_step` and
 `DecoderState.select`. Training's `teacher_force` runs the same step (`_step`) over the target, or, with
@@ -22,7 +26,7 @@ from nmt_cli.vocab import PAD
 
 class DecoderState(NamedTuple):
     h: Tensor  # (L, B, H)
-    c: Tensor  # (L, B, H)
+    c: Tensor  # (L, B, H) the LSTM's cell state; (L, B, 0) for the RNN and GRU, which have none
     feed: Tensor  # (B, H) previous attentional vector (input feeding), zeros at the start
 
     def select(self, index: Tensor) -> DecoderState:
@@ -85,6 +89,9 @@ class TeacherForced(NamedTuple):
     attention: Tensor  # (B, T, S)
 
 
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
     """Each row's first lengths[b] positions reversed, padding left in place: x (B, S, D)."""
     B, S, _ = x.shape
@@ -96,7 +103,7 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
 
 
 class Encoder(nn.Module):
-    """Embeddings and a (bi)directional, multi-layer LSTM or GRU over the source.
+    """Embeddings and a (bi)directional, multi-layer RNN, LSTM or GRU over the source.
 
     Each direction of each layer runs over the whole padded batch in one call; the backward direction
     reads each sentence reversed within its length, so padding never enters a real state (packed
@@ -106,7 +113,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
         super().__init__()
         self.embedding = embedding
-        rnn = nn.LSTM if cfg.encoder_cell == "lstm" else nn.GRU
+        rnn = CELLS[cfg.encoder_cell]
         dirs = 2 if cfg.bidirectional else 1
         self.layers = nn.ModuleList(
             nn.ModuleList(
@@ -142,7 +149,7 @@ class Encoder(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """Encoder, bridge, input-feeding LSTM decoder with global attention, output layer."""
+    """Encoder, bridge, (input-feeding) RNN/LSTM/GRU decoder with global attention or none, output layer."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -156,13 +163,15 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(cfg, src_embedding)
         self.tgt_embedding = tgt_embedding
         H, L = cfg.decoder_hidden, cfg.decoder_layers
-        self.bridge = nn.Linear(cfg.memory_size, 2 * L * H) if cfg.bridge else None
+        self.states = 2 if cfg.decoder_cell == "lstm" else 1  # h and c, or h alone
+        self.bridge = nn.Linear(cfg.memory_size, self.states * L * H) if cfg.bridge else None
         feed = H if cfg.input_feeding else 0
-        self.decoder_rnn = nn.LSTM(
+        self.decoder_rnn = CELLS[cfg.decoder_cell](
             cfg.emb_size + feed, H, num_layers=L, batch_first=True, dropout=cfg.dropout if L > 1 else 0.0
         )
         self.attention = build_attention(cfg.attention, H, cfg.memory_size)
-        self.combine = nn.Linear(cfg.memory_size + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5
+        context = 0 if self.attention is None else cfg.memory_size
+        self.combine = nn.Linear(context + H, H, bias=False)  # W_c [c_t; h_t], Luong eq. 5; W_c h_t without
         self.dropout = nn.Dropout(cfg.dropout)
         self.generator = nn.Linear(H, cfg.vocab_size)
         self.reset_parameters()
@@ -187,7 +196,8 @@ class Seq2Seq(nn.Module):
         """src (B, S) padded with PAD, src_lengths (B,) -> EncoderOutput."""
         memory, top = self.encoder(src, src_lengths)
         mask = src != PAD
-        return EncoderOutput(memory, self.attention.project_keys(memory), mask, self._initial_state(top))
+        keys = memory if self.attention is None else self.attention.project_keys(memory)
+        return EncoderOutput(memory, keys, mask, self._initial_state(top))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
         """prev_tokens (N,) -> logits of the next token (N, V), new state, attention (N, S).
@@ -220,27 +230,46 @@ class Seq2Seq(nn.Module):
     # --- internals ----------------------------------------------------------------------------------
 
     def _initial_state(self, top: Tensor) -> DecoderState:
+        """top (B, M) the encoder's last states -> h0 (and c0) = tanh(W_b top); zeros without the bridge."""
         B, H, L = top.size(0), self.cfg.decoder_hidden, self.cfg.decoder_layers
         feed = top.new_zeros(B, H if self.cfg.input_feeding else 0)
+        no_c = top.new_zeros(L, B, 0)
         if self.bridge is None:
             zeros = top.new_zeros(L, B, H)
-            return DecoderState(zeros, zeros, feed)
-        h, c = torch.tanh(self.bridge(top)).view(B, 2, L, H).permute(1, 2, 0, 3).unbind(0)
-        return DecoderState(h.contiguous(), c.contiguous(), feed)
+            return DecoderState(zeros, zeros if self.states == 2 else no_c, feed)
+        states = torch.tanh(self.bridge(top)).view(B, self.states, L, H).permute(1, 2, 0, 3)
+        h = states[0].contiguous()
+        return DecoderState(h, states[1].contiguous() if self.states == 2 else no_c, feed)
+
+    def decoder_input(self, emb: Tensor, state: DecoderState) -> Tensor:
+        """emb (N, E) -> the decoder RNN's input (N, E [+ H]): with input feeding, the last attentional
+        vector joins the embedding (Luong et al. 2015, §3.3)."""
+        return torch.cat([emb, state.feed], dim=1) if self.cfg.input_feeding else emb
+
+    def run_decoder_rnn(self, x: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """x (N, T, I) from `state` -> top-layer outputs (N, T, H), the state after the last step."""
+        if self.states == 2:
+            out, (h, c) = self.decoder_rnn(x, (state.h, state.c))
+            return out, DecoderState(h, c, state.feed)
+        out, h = self.decoder_rnn(x, state.h)
+        return out, DecoderState(h, state.c, state.feed)
 
     def _step(
         self, emb: Tensor, state: DecoderState, enc: EncoderOutput
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """One decoder step with input feeding (Luong et al. 2015, §3.3): emb (N, E) the previous target
         piece's embedding -> attentional vector (N, H), new state, attention (N, S)."""
-        x = torch.cat([emb, state.feed], dim=1) if self.cfg.input_feeding else emb
-        out, (h, c) = self.decoder_rnn(x.unsqueeze(1), (state.h, state.c))
+        out, state = self.run_decoder_rnn(self.decoder_input(emb, state).unsqueeze(1), state)
         hidden, attn = self._attend(out.squeeze(1), enc)
-        return hidden, DecoderState(h, c, hidden if self.cfg.input_feeding else state.feed), attn
+        return hidden, state._replace(feed=hidden) if self.cfg.input_feeding else state, attn
 
     def _attend(self, query: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor]:
         """query (N, H) -> attentional vector tanh(W_c [c_t; h_t]) (N, H) (Luong eq. 5), attention (N, S);
-        N = B * k, k consecutive queries over each of enc's B rows (see decode_step)."""
+        N = B * k, k consecutive queries over each of enc's B rows (see decode_step). Without attention:
+        tanh(W_c h_t), and attention all zeros (N, S) so that search keeps its shapes."""
+        if self.attention is None:
+            attn = enc.mask.new_zeros(query.size(0), enc.mask.size(1), dtype=query.dtype)
+            return self.dropout(torch.tanh(self.combine(query))), attn
         B = enc.mask.size(0)
         queries = query.view(B, -1, query.size(1))  # (B, k, H): a beam's k queries in one product
         attn = masked_softmax(self.attention.score(queries, enc.keys), enc.mask)  # (B, k, S)
@@ -250,7 +279,10 @@ class Seq2Seq(nn.Module):
 
     def _all_steps(self, emb: Tensor, enc: EncoderOutput) -> TeacherForced:
         """Without input feeding no step depends on the last output: one LSTM call, one attention call."""
-        queries, _ = self.decoder_rnn(emb, (enc.state.h, enc.state.c))  # (B, T, H)
+        queries, _ = self.run_decoder_rnn(emb, enc.state)  # (B, T, H)
+        if self.attention is None:
+            attn = enc.mask.new_zeros(*queries.shape[:2], enc.mask.size(1), dtype=queries.dtype)
+            return TeacherForced(self.dropout(torch.tanh(self.combine(queries))), attn)
         attn = masked_softmax(self.attention.score(queries, enc.keys), enc.mask)  # (B, T, S)
         context = torch.bmm(attn, enc.memory)
         hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, queries], dim=2))))

@@ -1,4 +1,4 @@
-"""Attention heatmaps (PNG/SVG/PDF or the terminal) and training curves.
+"""Attention heatmaps (PNG/SVG/PDF or the terminal), training curves, BLEU by length, gate activations.
 
 matplotlib is imported inside the drawing functions, so `nmt --help` and the terminal heatmap do
 not pay for it, and only `matplotlib.figure.Figure` is used: no pyplot, no global figure state.
@@ -41,6 +41,38 @@ _METADATA: dict[str, dict[str, Any] | None] = {
 # Curve panels: (y label, record keys drawn on it), each against step and wall-clock minutes.
 _PANELS = (("loss", ("loss", "dev_loss")), ("dev BLEU", ("dev_bleu",)), ("learning rate", ("lr",)))
 _X_AXES = (("step", "step"), ("wall", "wall-clock minutes"))
+LENGTH_EDGES = (5, 10, 15, 20)  # source-length buckets 1-5, 6-10, 11-15, 16-20, 21+ (words)
+Buckets = Sequence[tuple[str, int, "float | None"]]  # (label, lines, BLEU or None when empty)
+
+
+def save_by_length(series: dict[str, Buckets], path: str | Path, title: str = "") -> None:
+    """BLEU per source-length bucket, one line per system, on one picture."""
+    fmt = image_format(path)
+    if not series:
+        raise InputError("no systems to draw")
+    fig = _figure((7.0, 4.5))
+    ax = fig.subplots()
+    for name, buckets in series.items():
+        xs = [k for k, (_, _, bleu) in enumerate(buckets) if bleu is not None]
+        ax.plot(xs, [buckets[k][2] for k in xs], marker="o", label=name)
+    first = next(iter(series.values()))
+    ax.set_xticks(range(len(first)), [f"{label}\n({n})" for label, n, _ in first])
+    ax.set(xlabel="source length in words (lines)", ylabel="BLEU", title=title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    _write(fig, path, fmt)
+
+
+def by_length_table(series: dict[str, Buckets]) -> Table:
+    """The same numbers as save_by_length, as a terminal table: systems down, buckets across."""
+    first = next(iter(series.values()))
+    table = Table(title="BLEU by source length (words)", title_justify="left")
+    table.add_column("system")
+    for label, n, _ in first:
+        table.add_column(f"{label} ({n})", justify="right")
+    for name, buckets in series.items():
+        table.add_row(name, *("-" if b is None else f"{b:.1f}" for _, _, b in buckets))
+    return table
 
 
 def save_attention(
@@ -91,6 +123,59 @@ def terminal_heatmap(
         cells = [_cell(float(w), width, color) for w, width in zip(row, widths, strict=True)]
         table.add_row(Text(token), *cells)
     return Group(table, _legend(color))  # a caption would wrap inside a narrow table
+
+
+def save_gates(traces: Sequence[Any], path: str | Path, title: str = "") -> None:
+    """One column per trace (gates.GateTrace): a heatmap per gate (units down, steps across), then the
+    norms of h_t and c_t over the steps."""
+    fmt = image_format(path)
+    rows = 1 + max(len(t.gates) for t in traces)
+    width = max(len(t.tokens) for t in traces)
+    fig = _figure((2.0 + 0.45 * width * len(traces), 2.2 * rows))
+    axes = fig.subplots(rows, len(traces), squeeze=False)
+    for col, trace in enumerate(traces):
+        steps = range(len(trace.tokens))
+        for row, (gate, values) in enumerate(trace.gates.items()):
+            ax = axes[row][col]
+            image = ax.imshow(
+                values.T, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+            )
+            ax.set(title=f"{trace.name}: {gate} gate", ylabel="unit")
+            ax.set_xticks(list(steps), trace.tokens, rotation=90, fontsize="small")
+            fig.colorbar(image, ax=ax)
+        for row in range(len(trace.gates), rows - 1):
+            axes[row][col].axis("off")
+            axes[row][col].text(0.5, 0.5, "no gates:\nh = tanh(W x + U h + b)", ha="center", va="center")
+        ax = axes[rows - 1][col]
+        ax.plot(list(steps), np.linalg.norm(trace.hidden, axis=1), marker="o", label="‖h_t‖")
+        if trace.cell is not None:
+            ax.plot(list(steps), np.linalg.norm(trace.cell, axis=1), marker="s", label="‖c_t‖")
+        ax.set(title=f"{trace.name}: state norms")
+        ax.set_xticks(list(steps), trace.tokens, rotation=90, fontsize="small")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _write(fig, path, fmt)
+
+
+def gates_table(trace: Any) -> Table:  # noqa: ANN401 - a gates.GateTrace
+    """A trace in the terminal: per step, each gate's mean over units and the state norms."""
+    table = Table(title=trace.name, title_justify="left")
+    table.add_column("step", justify="right")
+    table.add_column("input")
+    for gate in trace.gates:
+        table.add_column(f"{gate} (mean)", justify="right")
+    table.add_column("‖h‖", justify="right")
+    if trace.cell is not None:
+        table.add_column("‖c‖", justify="right")
+    for t, token in enumerate(trace.tokens):
+        cells = [f"{values[t].mean():.2f}" for values in trace.gates.values()]
+        norms = [f"{np.linalg.norm(trace.hidden[t]):.2f}"]
+        if trace.cell is not None:
+            norms.append(f"{np.linalg.norm(trace.cell[t]):.2f}")
+        table.add_row(str(t + 1), token, *cells, *norms)
+    return table
 
 
 def save_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:

@@ -220,6 +220,12 @@ def for_decoding(loaded: LoadedModel, int8: bool) -> LoadedModel:
     """The loaded model as decoding will run it: with int8 LSTM and Linear layers when asked."""
     if not int8:
         return loaded
+    if not cpu.covered(loaded.model):
+        c = loaded.config
+        raise ConfigError(
+            "--int8 covers models with an LSTM decoder and attention; this one has a "
+            f"{c.decoder_cell.upper()} decoder and {c.attention} attention: translate it without --int8"
+        )
     if cpu.kernels(loaded.model) != "cpu":
         raise ConfigError(
             f"--int8 is a CPU speed-up: it needs the model on the CPU and {cpu.OFF_SWITCH} unset"

@@ -74,7 +74,7 @@ def test_empty_input_gives_empty_output(trained):
         (["evaluate", "-r", "nope.de", "nope.en"], "nmt: error: nope.en: no such file"),
         (
             ["train", "--src", "a", "--tgt", "b", "-o", "x", "--attention", "cosine", "--max-steps", "1"],
-            "nmt: error: unknown attention type 'cosine'; valid: bahdanau, dot, general, scaled-dot",
+            "nmt: error: unknown attention type 'cosine'; valid: none, bahdanau, dot, general, scaled-dot",
         ),
         (
             ["train", "--src", "a", "--tgt", "b", "-o", "x", "--preset", "huge"],

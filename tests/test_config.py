@@ -39,7 +39,8 @@ def test_unknown_key_lists_valid_ones():
 @pytest.mark.parametrize(
     "cls, kwargs, message",
     [
-        (ModelConfig, {"attention": "cosine"}, "valid: bahdanau, dot, general, scaled-dot"),
+        (ModelConfig, {"attention": "cosine"}, "valid: none, bahdanau, dot, general, scaled-dot"),
+        (ModelConfig, {"decoder_cell": "elman"}, "unknown decoder cell 'elman'; valid: rnn, lstm, gru"),
         (ModelConfig, {"dropout": 1.0}, "dropout must be in"),
         (ModelConfig, {"attention": "dot", "encoder_hidden": 100}, "dot attention needs"),
         (ModelConfig, {"tie_embeddings": True}, "tie_embeddings needs"),

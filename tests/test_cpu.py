@@ -56,6 +56,25 @@ def test_an_update_has_the_plain_models_loss_and_every_gradient(attention, input
         assert torch.allclose(fast_grads[name].grad, p.grad, atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("encoder_cell", ["rnn", "gru"])
+def test_an_rnn_or_gru_encoder_under_the_swapped_lstm_decoder_has_the_plain_gradients(encoder_cell):
+    plain, fast = twins(encoder_cell=encoder_cell, input_feeding=True, decoder_layers=2)
+    batch = batch_of()
+    assert backward(fast.train(), batch, 0.0) == pytest.approx(backward(plain.train(), batch, 0.0), rel=1e-5)
+    fast_grads = dict(fast.named_parameters())
+    for name, p in plain.named_parameters():
+        assert torch.allclose(fast_grads[name].grad, p.grad, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize(
+    "overrides", [dict(decoder_cell="gru"), dict(decoder_cell="rnn"), dict(attention="none")]
+)
+def test_install_leaves_models_the_swaps_do_not_cover_plain(overrides, monkeypatch):
+    monkeypatch.delenv("NMT_PLAIN", raising=False)
+    model = build_model(tiny_model_config(40, **overrides))
+    assert cpu.install(model) == "plain" and type(model) is Seq2Seq and cpu.kernels(model) == "plain"
+
+
 def test_a_wide_encoder_stepped_by_hand_has_the_plain_gradients():
     plain, fast = twins(encoder_hidden=256, encoder_layers=2)
     batch = batch_of()

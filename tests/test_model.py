@@ -207,3 +207,47 @@ def test_reverse_padded_reverses_each_row_within_its_length_and_passes_gradients
     assert torch.equal(reverse_padded(out, torch.tensor([4, 2])), x)
     (out * torch.arange(24.0).view(2, 4, 3)).sum().backward()
     assert torch.equal(x.grad, reverse_padded(torch.arange(24.0).view(2, 4, 3), torch.tensor([4, 2])))
+
+
+CELLS = ["rnn", "lstm", "gru"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("attention", ["none", "general"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_every_cell_with_and_without_attention_teacher_forces_as_it_steps(cell, attention, input_feeding):
+    cfg = tiny_config(encoder_cell=cell, decoder_cell=cell, attention=attention, input_feeding=input_feeding)
+    model = build_model(cfg).eval()
+    assert type(model.decoder_rnn).__name__ == {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cell]
+    src, lengths, tgt_in = toy_batch()
+    forced = model.teacher_force(src, lengths, tgt_in)
+    log_probs, attns = step_loop(model, src, lengths, tgt_in)
+    assert torch.allclose(model.log_probs(forced.hidden), log_probs, atol=1e-5)
+    assert torch.allclose(forced.attention, attns, atol=1e-6)
+    state = model.encode(src, lengths).state
+    assert state.c.shape == ((2, 3, 12) if cell == "lstm" else (2, 3, 0))  # only the LSTM has a cell state
+    picked = state.select(torch.tensor([2, 2, 0]))
+    assert torch.equal(picked.h[:, 1], state.h[:, 2]) and picked.c.shape[1] == 3
+
+
+def test_without_attention_the_decoder_sees_the_source_only_through_its_first_state():
+    model = build_model(tiny_config(attention="none", decoder_cell="gru")).eval()
+    src, lengths, tgt_in = toy_batch()
+    enc = model.encode(src, lengths)
+    assert model.attention is None and model.combine.in_features == 12  # W_c h_t, no context
+    # another memory with the same initial state gives the same output: nothing but the state is read
+    other = enc._replace(memory=torch.randn_like(enc.memory), keys=torch.randn_like(enc.keys))
+    a = model.decode_step(tgt_in[:, 0], enc.state, enc)
+    b = model.decode_step(tgt_in[:, 0], enc.state, other)
+    assert torch.equal(a.logits, b.logits) and a.attention.abs().max() == 0
+    with pytest.raises(Exception, match="attention none needs the bridge"):
+        tiny_config(attention="none", bridge=False)
+
+
+def test_cell_parameter_counts_follow_the_gate_count():
+    # one direction, one layer, input 8, hidden 6: a gate is 6*(8+6) weights + 2*6 biases = 96
+    counts = {}
+    for cell in CELLS:
+        cfg = tiny_config(encoder_cell=cell, encoder_layers=1, bidirectional=False)
+        counts[cell] = sum(p.numel() for p in build_model(cfg).encoder.layers.parameters())
+    assert counts == {"rnn": 96, "gru": 3 * 96, "lstm": 4 * 96}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from rich.console import Console
 
+from nmt_cli import plot
 from nmt_cli.errors import ConfigError, InputError
 from nmt_cli.plot import curve_points, save_attention, save_curves, terminal_heatmap
 
@@ -145,3 +147,53 @@ def test_importing_plot_does_not_load_matplotlib():
     code = "import sys, nmt_cli.plot; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_bleu_by_length_is_one_picture_of_every_system(tmp_path, suffix, magic):
+    series = {
+        "none": [("1-5", 3, 40.0), ("6-10", 4, 20.0), ("11+", 0, None)],
+        "general": [("1-5", 3, 41.0), ("6-10", 4, 39.0), ("11+", 0, None)],
+    }
+    plot.save_by_length(series, tmp_path / f"len{suffix}")
+    assert (tmp_path / f"len{suffix}").read_bytes().startswith(magic)
+    text = _render(plot.by_length_table(series))
+    assert "6-10 (4)" in text and "39.0" in text and "-" in text  # an empty bucket shows as -
+
+
+def test_evaluate_by_length_buckets_each_system_by_source_words(tmp_path):
+    from typer.testing import CliRunner
+
+    from nmt_cli.cli import app
+
+    # source lengths 2 and 7 words: buckets 1-5 and 6-10; system b is perfect only on the short line
+    (tmp_path / "src").write_text("a b\nc d e f g h i\n")
+    (tmp_path / "ref").write_text("the cat sat on the mat\nthe dog ran in the big green park today\n")
+    (tmp_path / "a").write_text("the cat sat on the mat\nthe dog ran in the big green park today\n")
+    (tmp_path / "b").write_text("the cat sat on the mat\nnothing like it\n")
+    args = [
+        "evaluate",
+        "-r",
+        tmp_path / "ref",
+        tmp_path / "a",
+        tmp_path / "b",
+        "--by-length",
+        tmp_path / "src",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, "--json"]])
+    assert result.exit_code == 0, result.stderr
+    bleu = {(r["system"], r["bucket"]): r["bleu"] for r in json.loads(result.stdout)}
+    assert bleu[(str(tmp_path / "a"), "6-10")] == pytest.approx(100.0)
+    assert bleu[(str(tmp_path / "b"), "6-10")] == 0.0
+    assert (
+        bleu[(str(tmp_path / "b"), "1-5")] == pytest.approx(100.0)
+        and bleu[(str(tmp_path / "b"), "21+")] is None
+    )
+    drawn = CliRunner().invoke(app, [str(a) for a in [*args, "--plot", tmp_path / "len.png"]])
+    assert drawn.exit_code == 0 and (tmp_path / "len.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _render(table) -> str:
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, force_terminal=False).print(table)
+    return buffer.getvalue()

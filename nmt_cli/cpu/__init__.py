@@ -38,12 +38,13 @@ def wanted() -> bool:
 
 def install(model: Seq2Seq) -> str:
     """Switch a plain model on the CPU to the CPU paths, in place; -> "cpu", or "plain" where nothing was
-    done (NMT_PLAIN=1, a model on another device, or already installed: then "cpu")."""
+    done (NMT_PLAIN=1, a model on another device, a model the swaps do not cover, or already installed:
+    then "cpu")."""
     from nmt_cli.cpu.model import CpuSeq2Seq
 
     if isinstance(model, CpuSeq2Seq):
         return "cpu"
-    if not wanted() or any(p.device.type != "cpu" for p in model.parameters()):
+    if not wanted() or any(p.device.type != "cpu" for p in model.parameters()) or not covered(model):
         return "plain"
     from torch import nn
 
@@ -60,6 +61,12 @@ def install(model: Seq2Seq) -> str:
     model.adopt()
     _packed_copies_follow_optimizer_steps()
     return "cpu"
+
+
+def covered(model: Seq2Seq) -> bool:
+    """Whether the swaps know this model: they step an LSTM decoder with attention by hand; other cells
+    and the no-attention model run plain."""
+    return model.cfg.decoder_cell == "lstm" and model.cfg.attention != "none"
 
 
 def kernels(model: Seq2Seq) -> str:
