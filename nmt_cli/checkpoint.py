@@ -40,14 +40,16 @@ class LoadedModel(NamedTuple):
 
 
 def _unique_tensors(model: Seq2Seq) -> dict[str, torch.Tensor]:
-    """The state dict without second names of tied weights (safetensors refuses shared storage)."""
+    """The state dict without second names of tied weights (safetensors refuses shared storage), as fp32
+    CPU tensors whatever device and precision the model ran in: every model file loads anywhere."""
     seen: set[int] = set()
     tensors = {}
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
-        tensors[name] = tensor.detach().contiguous()
+        dtype = torch.float32 if tensor.is_floating_point() else tensor.dtype
+        tensors[name] = tensor.detach().to("cpu", dtype).contiguous()
     return tensors
 
 
@@ -112,12 +114,13 @@ def _read_header(blob: bytes, path: str) -> dict[str, str]:
     return metadata
 
 
-def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
+def load_model(path: str | Path, mapped: bool = True, device: torch.device | None = None) -> LoadedModel:
     """Rebuild the model in eval mode from a model.nmt file, without unpickling anything.
 
     The file is memory-mapped (copy on write) and its tensors become the parameters (assign=True), so
     the weights are not copied (docs/performance.md, "loading"). mapped=False reads each tensor into
-    memory of its own instead. The CPU swaps are installed (cpu.install; off with NMT_PLAIN=1).
+    memory of its own instead. The model is then moved to device (the CPU by default); on the CPU the
+    CPU swaps are installed (cpu.install; off with NMT_PLAIN=1).
     """
     path = str(path)
     _, _, metadata = read_info(path)
@@ -146,6 +149,8 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
         raise CheckpointError(
             f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}", path
         )
+    if device is not None and device.type != "cpu":
+        model.to(device)
     cpu.install(model)
     model.eval()
     info = json.loads(metadata.get("info", "{}"))

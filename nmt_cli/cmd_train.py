@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import PROCESS_START, parse_duration, set_threads, write_stdout
+from nmt_cli.cli_base import DEVICE_HELP, PROCESS_START, parse_duration, set_threads, write_stdout
 from nmt_cli.errors import ConfigError, InputError
 
 SECTIONS = ("model", "train", "subword")
@@ -109,16 +109,36 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 (default), bf16 or fp16: autocast, weights stay fp32."
+    ),
+    nproc: int = typer.Option(
+        0, "--nproc", help="Train as N processes on this machine (DDP, started through torchrun)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
-    """Train an LSTM encoder-decoder with attention; the best dev-BLEU model goes to OUT/model.nmt."""
+    """Train an LSTM encoder-decoder with attention; the best dev-BLEU model goes to OUT/model.nmt.
+
+    Under torchrun (or with --nproc) each process trains on its share of every update's batches
+    (--batch-tokens counts the whole update, all processes together); rank 0 alone writes."""
+    if nproc:
+        from nmt_cli.distributed import launch
+
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+    from contextlib import ExitStack
     from dataclasses import replace
 
+    from nmt_cli import distributed
     from nmt_cli.config import DataConfig
     from nmt_cli.console import setup_logging
-    from nmt_cli.train import Run, fit
+    from nmt_cli.device import resolve
+    from nmt_cli.run_files import run_dir_lock
+    from nmt_cli.subword import Subword
+    from nmt_cli.train import Place, Run, fit
 
-    setup_logging(quiet=quiet)
+    world = distributed.from_env()
+    setup_logging(quiet=quiet or not world.main)  # one process reports for the group
     budget = parse_duration(time_budget)
     model_flags = dict(
         attention=attention,
@@ -154,23 +174,75 @@ def train(
         save_every_minutes=save_every_minutes,
         seed=seed,
         threads=threads or None,
+        precision=precision,
     )
     model_cfg, train_cfg, sub_cfg = merged_configs(
         preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)
     )
     set_threads(train_cfg.threads)
     data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""))
-    _check_run_dir(out, resume, overwrite)  # before anything is written into it
-    sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
-    model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    summary = fit(
-        Run(data, sub, model_cfg, train_cfg, out), resume=resume, start_time=PROCESS_START, quiet=quiet
-    )
+    place = Place(resolve(device, world.local_rank), world)
+    world = distributed.start(world, place.device)
+    try:
+        with ExitStack() as held:
+
+            def prepare():  # noqa: ANN202 - rank 0 only: claim and check the directory, write spm.model
+                held.enter_context(run_dir_lock(out))  # for the whole run: one training per directory
+                _check_run_dir(out, resume, overwrite)  # before anything is written into it
+                return _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
+
+            sub = _on_main(world, prepare) or Subword.from_file(out / "spm.model")  # rank 0's
+            model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
+            summary = fit(
+                Run(data, sub, model_cfg, train_cfg, out),
+                resume=resume,
+                start_time=PROCESS_START,
+                quiet=quiet,
+                place=place._replace(world=world),
+            )
+    finally:
+        distributed.stop(world)
+    if not world.main:
+        return
     best = "-" if summary.best_bleu is None else f"{summary.best_bleu:.2f} (step {summary.best_step})"
     write_stdout(
         f"model\t{summary.model_path}\nsteps\t{summary.steps}\nepochs\t{summary.epochs:.2f}\n"
         f"dev_bleu\t{best}\nwall\t{summary.wall:.0f}s\nstopped\t{summary.stopped or 'done'}\n"
     )
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line with --nproc N (or --nproc=N) left out, for torchrun to run in each process."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+def _on_main(world, work):  # noqa: ANN001, ANN202
+    """work() on rank 0 (others get None); an error there ends every rank, rank 0 alone reporting it."""
+    from nmt_cli import distributed
+    from nmt_cli.errors import NmtError
+
+    result, failed = None, ""
+    if world.main:
+        try:
+            result = work()
+        except NmtError as err:
+            failed = str(err)
+            if not world.distributed:
+                raise
+    if distributed.from_main(world, failed):
+        if world.main:
+            raise ConfigError(failed)
+        raise typer.Exit(code=1)
+    distributed.barrier(world)
+    return result
 
 
 def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -235,6 +307,8 @@ def bench_train(
         None, help="Padded positions per batch on its longer side (source, or target + EOS)."
     ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Training throughput of a preset as a fraction of this machine's measured matmul rate."""
@@ -245,6 +319,7 @@ def bench_train(
     from nmt_cli.config import SubwordConfig
     from nmt_cli.console import console, setup_logging
     from nmt_cli.data import load_parallel
+    from nmt_cli.device import resolve
     from nmt_cli.subword import Subword, train_spm
 
     setup_logging()
@@ -255,8 +330,13 @@ def bench_train(
         raise ConfigError("give both --src and --tgt, or neither")
     src, tgt = (src, tgt) if src is not None and tgt is not None else default_corpus()
     model_cfg, train_cfg, _ = merged_configs(
-        preset, None, dict(input_feeding=input_feeding), dict(batch_tokens=batch_tokens), {}
+        preset,
+        None,
+        dict(input_feeding=input_feeding),
+        dict(batch_tokens=batch_tokens, precision=precision),
+        {},
     )
+    where = resolve(device)
     sub = (
         Subword.from_file(spm)
         if spm
@@ -264,8 +344,11 @@ def bench_train(
     )
     examples, _ = load_parallel(src, tgt, sub, train_cfg.max_len)
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    console.print(f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out")
-    r = run_bench(examples, model_cfg, train_cfg, steps, skip)
+    console.print(
+        f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out, "
+        f"{where}, {train_cfg.precision}"
+    )
+    r = run_bench(examples, model_cfg, train_cfg, steps, skip, where)
     result = dict(
         r._asdict(),
         preset=preset,
@@ -286,6 +369,7 @@ def bench_train(
         f"oneDNN GFLOP/s\t{r.onednn_gflops:.1f}  "
         f"({100 * r.onednn_fraction:.1f} % of this rate, where the products run)\n"
         f"padding\t{100 * r.padding:.2f} %  ({r.tokens_per_step:.0f} real target tokens per step)\n"
-        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\nkernels\t{r.kernels}"
+        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\n"
+        f"device\t{r.device}  ({r.precision})\nkernels\t{r.kernels}"
         f"  ({'NMT_PLAIN=1 runs the plain model' if r.kernels == 'cpu' else 'the plain model'})\n"
     )

@@ -14,6 +14,7 @@ CELL_TYPES = ("lstm", "gru")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "inverse-sqrt", "cosine", "linear", "plateau")
 SUBWORD_TYPES = ("unigram", "bpe", "char", "word")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 C = TypeVar("C")
 
@@ -111,9 +112,11 @@ class TrainConfig:
     keep_last: int = 0  # also save step-<N>.nmt at each validation, keep the last k, 0: none
     seed: int = 1234
     threads: int = 0  # 0: leave torch's default
+    precision: str = "fp32"  # fp32, or bf16/fp16 autocast with fp32 master weights
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
         _choice("schedule", self.schedule, SCHEDULES)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")

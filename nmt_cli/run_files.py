@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ import torch
 from nmt_cli.checkpoint import load_trainer_state, save_model, save_trainer_state
 from nmt_cli.config import ModelConfig, TrainConfig, from_json, to_json
 from nmt_cli.console import console
+from nmt_cli.distributed import World
 from nmt_cli.errors import ConfigError
 from nmt_cli.loss import Validation
 from nmt_cli.model import Seq2Seq
@@ -35,6 +40,31 @@ class Counters:
     plateau_scale: float = 1.0
 
 
+@contextmanager
+def run_dir_lock(out: Path) -> Iterator[None]:
+    """Hold OUT/.lock while training into OUT: a second training (another torchrun group, or a plain
+    process) into the same directory is refused at once instead of mixing its files with this one's."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise ConfigError(
+                f"another training is writing this run directory (pid {holder})", str(out)
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def file_facts(path: str) -> dict[str, object]:
     data = Path(path).read_bytes()
     return {
@@ -45,9 +75,19 @@ def file_facts(path: str) -> dict[str, object]:
     }
 
 
-def restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> Counters:
-    """Weights, optimizer, RNG and counters of an earlier run; a different model config is refused."""
+def restore(
+    path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig, world: World
+) -> Counters:
+    """Weights, optimizer, RNG and counters of an earlier run; a different model config is refused, and so
+    is another world size (the data position counts batches of one rank's share)."""
     state = load_trainer_state(path)
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world.world_size:
+        raise ConfigError(
+            f"cannot resume: trained with world size {saved_world}, now {world.world_size}; "
+            f"resume with {_launch_hint(saved_world)}",
+            str(path),
+        )
     saved = from_json(ModelConfig, state["model_config"])
     for name, value in asdict(model_cfg).items():
         if getattr(saved, name) != value:
@@ -59,7 +99,17 @@ def restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, model_
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return Counters(**state["counters"])
+
+
+def _launch_hint(world_size: int) -> str:
+    return (
+        "one process (no torchrun)"
+        if world_size == 1
+        else f"torchrun --nproc-per-node {world_size} (or --nproc)"
+    )
 
 
 def update_best(c: Counters, v: Validation | None, cfg: TrainConfig) -> bool:
@@ -74,6 +124,11 @@ def update_best(c: Counters, v: Validation | None, cfg: TrainConfig) -> bool:
         if cfg.schedule == "plateau" and c.bad_validations % cfg.plateau_patience == 0:
             c.plateau_scale *= cfg.plateau_factor
     return improved
+
+
+def record_start(out: Path, c: Counters, facts: dict[str, Any]) -> None:
+    """The first record of a run (and of each resumed part): how it runs, e.g. world_size and backend."""
+    append_jsonl(out / "log.jsonl", {"kind": "start", "step": c.step, **facts})
 
 
 def record_train(
@@ -131,6 +186,7 @@ def save_run(
     facts: dict[str, Any],
     improved: bool,
     cfg: TrainConfig,
+    world_size: int = 1,
 ) -> None:
     """last.nmt, model.nmt when improved, step-N.nmt (the last keep_last), then the resume state."""
     save_model(out / "last.nmt", model, subword, facts)
@@ -149,5 +205,7 @@ def save_run(
             "torch_rng": torch.get_rng_state(),
             "model_config": to_json(model.cfg),
             "train_config": to_json(cfg),
+            "world_size": world_size,
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}),
         },
     )

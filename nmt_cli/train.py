@@ -9,17 +9,21 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
-from nmt_cli import __version__, cpu
+from nmt_cli import __version__, cpu, distributed
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
 from nmt_cli.data import Batch, Example, collate, load_parallel, token_batches
+from nmt_cli.device import autocast, check_precision, grad_scaler
+from nmt_cli.distributed import World
 from nmt_cli.errors import ConfigError
-from nmt_cli.loss import backward, validate
+from nmt_cli.loss import backward, token_loss, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
 from nmt_cli.run_files import (
     Counters,
     file_facts,
+    record_start,
     record_train,
     record_validation,
     restore,
@@ -41,6 +45,25 @@ class TrainSummary(NamedTuple):
     best_step: int
     stopped: str  # why training ended: max-steps, epochs, time-budget, patience
     model_path: Path
+
+
+STOP_REASONS = ("", "max-steps", "epochs", "time-budget", "patience")
+
+
+class Place(NamedTuple):
+    """Where a run trains: the device and, under torchrun, this process's place in the group."""
+
+    device: torch.device = torch.device("cpu")
+    world: World = World()
+
+
+class Engine(NamedTuple):
+    """How an update runs: device, precision's loss scaler, process group and DDP wrapper."""
+
+    device: torch.device = torch.device("cpu")
+    world: World = World()
+    ddp: nn.Module | None = None  # DistributedDataParallel over the model, under torchrun
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
 
 
 def _stop_reason(cfg: TrainConfig, c: Counters, epoch_progress: float, elapsed: float, reserve: float) -> str:
@@ -71,6 +94,24 @@ def build_optimizer(model: Seq2Seq, cfg: TrainConfig) -> torch.optim.Optimizer:
     return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+def place_model(model_cfg: ModelConfig, cfg: TrainConfig, place: Place) -> tuple[Seq2Seq, str, Engine]:
+    """The model built (global RNG) and moved to the device; -> model, kernels, engine.
+
+    The CPU swaps (fp32 oneDNN products) go in only for fp32 training: under bf16/fp16 autocast the
+    plain model runs, so autocast decides each product's precision."""
+    check_precision(cfg.precision, place.device)
+    model = build_model(model_cfg).to(place.device)
+    kernels = cpu.install(model) if cfg.precision == "fp32" else "plain"
+    if place.world.distributed:
+        torch.manual_seed(cfg.seed + place.world.rank)  # dropout differs by rank; the weights are rank 0's
+    scaler = grad_scaler(cfg.precision, place.device) if cfg.precision == "fp16" else None
+    return (
+        model,
+        kernels,
+        Engine(place.device, place.world, distributed.wrap(model, place.world, place.device), scaler),
+    )
+
+
 class Run(NamedTuple):
     """What one training run reads and writes."""
 
@@ -81,25 +122,34 @@ class Run(NamedTuple):
     out_dir: Path
 
 
-def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: bool = False) -> TrainSummary:
-    """Train until a limit is reached; saves last.nmt, model.nmt (best dev BLEU) and trainer_state.pt."""
-    cfg, out = run.train_cfg, run.out_dir
+def fit(
+    run: Run,
+    resume: bool = False,
+    start_time: float | None = None,
+    quiet: bool = False,
+    place: Place | None = None,
+) -> TrainSummary:
+    """Train until a limit is reached; saves last.nmt, model.nmt (best dev BLEU) and trainer_state.pt.
+
+    Under torchrun every rank calls this; rank 0 alone validates and writes, and decides when to stop."""
+    cfg, out, place = run.train_cfg, run.out_dir, place or Place()
     start = start_time if start_time is not None else time.time()
     if not (cfg.max_steps or cfg.epochs or cfg.time_budget):
         raise ConfigError("give a limit: --max-steps, --epochs or --time-budget")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run gets a fresh log
+    if place.world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run gets a fresh log
     train, report = load_parallel(run.data.train_src, run.data.train_tgt, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
     dev, refs = _load_dev(run)
     log.info("training pairs: %d kept of %d (%s)", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
-    model = build_model(run.model_cfg)
-    kernels = cpu.install(model)
+    model, kernels, engine = place_model(run.model_cfg, cfg, place)
     optimizer = build_optimizer(model, cfg)
-    c = restore(out / "trainer_state.pt", model, optimizer, run.model_cfg) if resume else Counters()
+    world = place.world
+    c = restore(out / "trainer_state.pt", model, optimizer, run.model_cfg, world) if resume else Counters()
     log.info(
         "model: %s parameters, %s attention, input feeding %s, kernels %s",
         f"{count_parameters(model):,}",
@@ -112,10 +162,20 @@ def fit(run: Run, resume: bool = False, start_time: float | None = None, quiet: 
         "train_config": to_json(cfg),
         "parameters": count_parameters(model),
         "kernels": kernels,
+        "device": str(place.device),
+        "precision": cfg.precision,
+        "world_size": world.world_size,
+        "backend": world.backend or "none",
         "nmt": __version__,
         "torch": torch.__version__,
     }
-    return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet)
+    if world.main:
+        record_start(
+            out, c, {k: info_base[k] for k in ("world_size", "backend", "device", "precision", "kernels")}
+        )
+    if not world.main:
+        quiet = True
+    return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet, engine)
 
 
 def _load_dev(run: Run) -> tuple[list[Example], list[str] | None]:
@@ -154,29 +214,34 @@ def _loop(
     info: dict,
     start: float,
     quiet: bool,
+    engine: Engine,
 ) -> TrainSummary:
-    cfg = run.train_cfg
+    cfg, world = run.train_cfg, engine.world
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
     window_tokens, window_start = 0, time.time()
     next_snapshot = cfg.save_every_minutes * 60
     n_epoch_tokens = sum(len(ex.tgt) + 1 for ex in train)
+    rank_tokens = max(1, cfg.batch_tokens // world.world_size)  # batch_tokens is per update, all ranks
     model.train()
     while not stopped:
-        batches = token_batches(train, cfg.batch_tokens, cfg.seed, c.epoch)
+        batches = token_batches(train, rank_tokens, cfg.seed, c.epoch, world.rank, world.world_size)
         while c.batch_in_epoch < len(batches):
             epoch_progress = c.epoch + c.batch_in_epoch / len(batches)
             # before the first validation its cost is unknown (an untrained model decodes to the length cap)
             guard = reserve * 1.2 + 2.0 if reserve else min(0.15 * cfg.time_budget, 120.0)
-            if stopped := _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard):
+            # rank 0's clock decides for all, so every rank leaves the loop at the same step
+            reason = _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard)
+            if stopped := STOP_REASONS[distributed.from_main(world, STOP_REASONS.index(reason))]:
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
             c.step, c.batch_in_epoch = c.step + 1, c.batch_in_epoch + 1
             lr = learning_rate(
                 cfg, c.step, _progress(cfg, c, epoch_progress, clock.elapsed()), c.plateau_scale
             )
-            loss = train_step(model, optimizer, batch, cfg, lr)
-            c.tokens, window_tokens = c.tokens + batch.n_tokens, window_tokens + batch.n_tokens
-            if c.step % cfg.log_every == 0:
+            n_tokens = distributed.total(world, batch.n_tokens, engine.device)
+            loss = train_step(model, optimizer, batch, cfg, lr, engine, n_tokens)
+            c.tokens, window_tokens = c.tokens + n_tokens, window_tokens + n_tokens
+            if c.step % cfg.log_every == 0 and world.main:
                 now = time.time()
                 record_train(
                     run.out_dir,
@@ -189,7 +254,7 @@ def _loop(
                     quiet,
                 )
                 window_tokens, window_start = 0, now
-            if cfg.save_every_minutes and clock.elapsed() >= next_snapshot:
+            if cfg.save_every_minutes and world.main and clock.elapsed() >= next_snapshot:
                 minute = int(clock.elapsed() // 60)
                 save_model(
                     run.out_dir / f"min-{minute:03d}.nmt",
@@ -200,13 +265,13 @@ def _loop(
                 next_snapshot += cfg.save_every_minutes * 60  # for learning curves by wall clock
             if c.step % cfg.valid_every == 0:
                 began = time.time()
-                _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet)
+                _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, world)
                 saved_step, reserve = c.step, time.time() - began
                 window_start += reserve  # tokens/s leaves validation out
         else:
             c.epoch, c.batch_in_epoch = c.epoch + 1, 0
-    if c.step != saved_step or not (run.out_dir / "model.nmt").exists():
-        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet)
+    if c.step != saved_step or not distributed.from_main(world, (run.out_dir / "model.nmt").exists()):
+        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, world)
     best = c.best_bleu if c.best_bleu >= 0 else None
     return TrainSummary(
         c.step,
@@ -221,16 +286,43 @@ def _loop(
 
 
 def train_step(
-    model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainConfig, lr: float
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: TrainConfig,
+    lr: float,
+    engine: Engine | None = None,
+    n_tokens: int | None = None,
 ) -> float:
-    """One update at learning rate lr; returns the batch's loss per target token."""
+    """One update at learning rate lr; returns the batch's loss per target token.
+
+    The gradient is that of the summed loss over n_tokens, the update's target tokens on all ranks
+    (this batch's alone in one process). Under DDP, which averages gradients over ranks, each rank's
+    loss is scaled by world_size / n_tokens so that the average is that gradient."""
+    engine = engine or Engine()
+    batch = batch.to(engine.device)
+    n_tokens = n_tokens or batch.n_tokens
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss = backward(model, batch, cfg.label_smoothing)
+    if engine.ddp is None and engine.scaler is None and cfg.precision == "fp32":
+        loss = backward(model, batch, cfg.label_smoothing)  # the CPU path's written-out backward, if any
+    else:
+        # through autograd alone, so DDP's hooks see every gradient (the CPU path's output layer sets .grad)
+        with autocast(cfg.precision, engine.device):
+            summed = token_loss(model, batch, cfg.label_smoothing, forward=engine.ddp)
+        scaled = summed * (engine.world.world_size / n_tokens)
+        (engine.scaler.scale(scaled) if engine.scaler else scaled).backward()
+        loss = summed.item()
+    if engine.scaler:
+        engine.scaler.unscale_(optimizer)
     if cfg.clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-    optimizer.step()
+    if engine.scaler:
+        engine.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        engine.scaler.update()
+    else:
+        optimizer.step()
     return loss / batch.n_tokens
 
 
@@ -245,11 +337,33 @@ def _checkpoint(
     clock: _Clock,
     n_epoch_tokens: int,
     quiet: bool,
+    world: World,
 ) -> None:
-    """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state."""
+    """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state.
+
+    Under torchrun rank 0 does this while the others wait for its counters (best BLEU, patience, the
+    plateau scale), which every rank needs for the same learning rate and stop decision."""
+    if world.main:
+        _validate_and_save(run, model, optimizer, c, dev, refs, info, clock.elapsed(), n_epoch_tokens, quiet)
+    for name, value in distributed.from_main(world, asdict(c)).items():
+        setattr(c, name, value)
+
+
+def _validate_and_save(
+    run: Run,
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    c: Counters,
+    dev: list[Example],
+    refs: list[str] | None,
+    info: dict,
+    wall: float,
+    n_epoch_tokens: int,
+    quiet: bool,
+) -> None:
     v = validate(model, dev, run.subword, refs) if dev else None
     improved = update_best(c, v, run.train_cfg)
-    c.wall = clock.elapsed()
+    c.wall = wall
     facts = dict(
         info, step=c.step, epochs=round(c.tokens / n_epoch_tokens, 4), tokens=c.tokens, wall=round(c.wall, 1)
     )
@@ -258,4 +372,6 @@ def _checkpoint(
             dev_loss=round(v.loss, 4), dev_ppl=round(v.ppl, 2), dev_bleu=v.bleu, bleu_signature=v.signature
         )
         record_validation(run.out_dir, c, v, improved, c.wall, quiet)
-    save_run(run.out_dir, model, optimizer, run.subword, c, facts, improved, run.train_cfg)
+    save_run(
+        run.out_dir, model, optimizer, run.subword, c, facts, improved, run.train_cfg, info["world_size"]
+    )
