@@ -1,4 +1,4 @@
-"""--device and --precision: device names, bf16 detection, mixed-precision updates, device-free model files."""
+"""--device and --precision: device names, bf16 detection, mixed-precision updates, portable model files."""
 
 from __future__ import annotations
 

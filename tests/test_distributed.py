@@ -22,8 +22,9 @@ from tests.conftest import ROOT
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TINY = [
-    *("--emb-size 32 --encoder-hidden 32 --decoder-hidden 64 --dropout 0 --no-input-feeding").split(),
-    *("--batch-tokens 400 --log-every 1 --quiet").split(),
+    *["--emb-size", "32", "--encoder-hidden", "32", "--decoder-hidden", "64", "--dropout", "0"],
+    "--no-input-feeding",
+    *["--batch-tokens", "400", "--log-every", "1", "--quiet"],
 ]
 
 
