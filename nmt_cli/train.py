@@ -143,13 +143,15 @@ def fit(
     train, report = load_parallel(run.data.train_src, run.data.train_tgt, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
-    dev, refs = _load_dev(run)
+    dev, refs = _load_dev(run) if place.world.main else ([], None)  # rank 0 validates
     log.info("training pairs: %d kept of %d (%s)", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
     model, kernels, engine = place_model(run.model_cfg, cfg, place)
     optimizer = build_optimizer(model, cfg)
     world = place.world
     c = restore(out / "trainer_state.pt", model, optimizer, run.model_cfg, world) if resume else Counters()
+    if resume and world.distributed:
+        torch.manual_seed(cfg.seed + world.rank + world.world_size * c.step)  # the saved RNG is rank 0's
     log.info(
         "model: %s parameters, %s attention, input feeding %s, kernels %s",
         f"{count_parameters(model):,}",
@@ -229,15 +231,15 @@ def _loop(
             epoch_progress = c.epoch + c.batch_in_epoch / len(batches)
             # before the first validation its cost is unknown (an untrained model decodes to the length cap)
             guard = reserve * 1.2 + 2.0 if reserve else min(0.15 * cfg.time_budget, 120.0)
-            # rank 0's clock decides for all, so every rank leaves the loop at the same step
             reason = _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard)
-            if stopped := STOP_REASONS[distributed.from_main(world, STOP_REASONS.index(reason))]:
+            progress = _progress(cfg, c, epoch_progress, clock.elapsed())
+            lr = learning_rate(cfg, c.step + 1, progress, c.plateau_scale)
+            # rank 0's clock decides for all: every rank leaves at the same step, with the same rates
+            code, lr = distributed.from_main(world, (STOP_REASONS.index(reason), lr))
+            if stopped := STOP_REASONS[code]:
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
             c.step, c.batch_in_epoch = c.step + 1, c.batch_in_epoch + 1
-            lr = learning_rate(
-                cfg, c.step, _progress(cfg, c, epoch_progress, clock.elapsed()), c.plateau_scale
-            )
             n_tokens = distributed.total(world, batch.n_tokens, engine.device)
             loss = train_step(model, optimizer, batch, cfg, lr, engine, n_tokens)
             c.tokens, window_tokens = c.tokens + n_tokens, window_tokens + n_tokens
