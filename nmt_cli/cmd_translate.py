@@ -135,7 +135,7 @@ def translate(
         bar_off = quiet or (output is None and sys.stdout.isatty())
         count = 0
         with _collector_skips_what_exists(), progress(bar_off) as bar:
-            task = bar.add_task("translate", total=_line_count(input_file))
+            task = bar.add_task("translate", total=None if bar_off else _line_count(input_file))
             texts = (_format(t, fmt, signature, with_attention) for t in translations)
             for text in _advancing(texts, bar, task):
                 write(text)
@@ -149,14 +149,18 @@ def translate(
 
 
 def _line_count(input_file: str) -> int | None:
-    """Lines in a regular file (a last line without '\\n' counts); None for stdin or a pipe."""
+    """Lines in a regular file (a last line without '\\n' counts); None for stdin, a pipe or a file that
+    cannot be read (the translation's own reading then reports it, with its line number)."""
     path = Path(input_file)
     if input_file == "-" or not path.is_file():
         return None
     count, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            count, last = count + block.count(b"\n"), block[-1:]
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                count, last = count + block.count(b"\n"), block[-1:]
+    except OSError:
+        return None
     return count + (last != b"\n")
 
 
