@@ -19,6 +19,7 @@ from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
 from nmt_cli.errors import ConfigError
 from nmt_cli.metrics import corpus_scores
+from nmt_cli.model import device_of
 from nmt_cli.subword import BOS
 
 LEVELS = ("word", "subword")
@@ -84,8 +85,9 @@ def forced_attention(
     todo = [n for n in range(len(pairs)) if src_ids[n] and tgt_ids[n]]
     for chunk in length_sorted_chunks([len(src_ids[n]) for n in todo], batch_size):
         rows = [todo[k] for k in chunk]
-        src, src_lengths = pad_batch([src_ids[n] for n in rows])
-        tgt_in, _ = pad_batch([[BOS, *tgt_ids[n]] for n in rows])
+        device = device_of(loaded.model)
+        src, src_lengths = pad_batch([src_ids[n] for n in rows], device)
+        tgt_in, _ = pad_batch([[BOS, *tgt_ids[n]] for n in rows], device)
         attention = loaded.model.teacher_force(src, src_lengths, tgt_in).attention  # (B, T+1, S)
         for b, n in enumerate(rows):
             weights = attention[b, : len(tgt_ids[n]) + 1, : len(src_ids[n])].float().cpu().numpy()

@@ -12,8 +12,7 @@ import torch
 from nmt_cli import cpu
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import Example, collate, padding_fraction, token_batches
-from nmt_cli.model import build_model
-from nmt_cli.train import build_optimizer, train_step
+from nmt_cli.train import Place, build_optimizer, place_model, train_step
 
 
 class TrainBench(NamedTuple):
@@ -32,7 +31,9 @@ class TrainBench(NamedTuple):
     tokens_per_step: float
     peak_rss_mb: float
     threads: int
-    kernels: str  # "cpu" with the CPU swaps, "plain" without (NMT_PLAIN=1 or another device)
+    kernels: str  # "cpu" with the CPU swaps, "plain" without (NMT_PLAIN=1, another device, bf16/fp16)
+    device: str
+    precision: str
 
 
 def matmul_rate(size: int = 2048, runs: int = 5, calls: int = 10, product=torch.mm) -> float:  # noqa: ANN001
@@ -91,12 +92,17 @@ def peak_rss_mb() -> float:
 
 
 def bench_train(
-    examples: list[Example], model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, skip: int
+    examples: list[Example],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    steps: int,
+    skip: int,
+    device: torch.device = torch.device("cpu"),
 ) -> TrainBench:
     """Train `steps` real updates on length-bucketed batches; time the ones after the first `skip`."""
     torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg).train()
-    kernels = cpu.install(model)
+    model, kernels, engine = place_model(model_cfg, train_cfg, Place(device))
+    model.train()
     optimizer = build_optimizer(model, train_cfg)
     batches = token_batches(examples, train_cfg.batch_tokens, train_cfg.seed, epoch=0)
     batches = (batches * (steps // len(batches) + 1))[:steps]
@@ -108,8 +114,9 @@ def bench_train(
         if i == skip:
             steady_start, steady_tokens = time.perf_counter(), 0
         batch = collate([examples[j] for j in indices])
-        train_step(model, optimizer, batch, train_cfg, train_cfg.lr)
+        train_step(model, optimizer, batch, train_cfg, train_cfg.lr, engine)
         tokens, steady_tokens = tokens + batch.n_tokens, steady_tokens + batch.n_tokens
+    _synchronize(device)
     end = time.perf_counter()
     after = matmul_rate()
     src_per_tgt = sum(len(e.src) for e in examples) / sum(len(e.tgt) + 1 for e in examples)
@@ -134,4 +141,12 @@ def bench_train(
         peak_rss_mb(),
         torch.get_num_threads(),
         kernels,
+        str(device),
+        train_cfg.precision,
     )
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that the clock covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

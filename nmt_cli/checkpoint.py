@@ -45,14 +45,16 @@ class LoadedModel(NamedTuple):
 
 
 def _unique_tensors(model: Seq2Seq) -> dict[str, torch.Tensor]:
-    """The state dict without second names of tied weights (safetensors refuses shared storage)."""
+    """The state dict without second names of tied weights (safetensors refuses shared storage), as fp32
+    CPU tensors whatever device and precision the model ran in: every model file loads anywhere."""
     seen: set[int] = set()
     tensors = {}
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
-        tensors[name] = tensor.detach().contiguous()
+        dtype = torch.float32 if tensor.is_floating_point() else tensor.dtype
+        tensors[name] = tensor.detach().to("cpu", dtype).contiguous()
     return tensors
 
 
@@ -135,14 +137,15 @@ def _format_version(tag: str) -> int:
     return int(number) if number.isdigit() else 0
 
 
-def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
+def load_model(path: str | Path, mapped: bool = True, device: torch.device | None = None) -> LoadedModel:
     """Rebuild the model in eval mode from a model.nmt file, without unpickling anything.
 
     The file is memory-mapped (copy on write) and its tensors become the parameters (assign=True), so
     the weights are not copied: less memory and a faster load than reading and copying them
     (docs/performance.md). The model is not built on the meta device: the first device context imports
-    half of torch. mapped=False reads each tensor into memory of its own instead. The CPU swaps are
-    installed (cpu.install; off with NMT_PLAIN=1).
+    half of torch. mapped=False reads each tensor into memory of its own instead. The model is then
+    moved to device (the CPU by default); on the CPU the CPU swaps are installed (cpu.install; off with
+    NMT_PLAIN=1).
     """
     path = str(path)
     _, _, metadata = read_info(path)
@@ -177,6 +180,8 @@ def load_model(path: str | Path, mapped: bool = True) -> LoadedModel:
         raise CheckpointError(
             f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}", path
         )
+    if device is not None and device.type != "cpu":
+        model.to(device)
     cpu.install(model)
     model.eval()
     return LoadedModel(model, cfg, subword, _info(metadata, path), _file_digest(path), extras)

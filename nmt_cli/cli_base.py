@@ -18,6 +18,7 @@ from nmt_cli.errors import ConfigError, NmtError
 
 PROCESS_START = time.time()  # budgets count from here: imports and data loading are part of the run
 T = TypeVar("T")
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
 
 
 def reports_errors(command: Callable[..., T]) -> Callable[..., T]:
@@ -78,6 +79,13 @@ def set_threads(threads: int) -> None:
         raise ConfigError(f"--threads must be at least 0 (0: the default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
+
+
+def resolve_device(name: str):  # noqa: ANN201 - torch.device, imported late: --help stays fast
+    """--device as a torch.device (auto: CUDA when present, else the CPU)."""
+    from nmt_cli.device import resolve
+
+    return resolve(name)
 
 
 def write_stdout(text: str) -> None:

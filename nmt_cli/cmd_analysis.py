@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import set_threads, write_stdout
+from nmt_cli.cli_base import DEVICE_HELP, resolve_device, set_threads, write_stdout
 from nmt_cli.errors import ConfigError, InputError
 
 LEVELS = ("word", "subword")
@@ -29,6 +29,7 @@ def align(
     batch_size: int = typer.Option(64, help="Sentences per batch."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: alignments, AER, settings."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Pharaoh word alignments (i-j, one line per input line) from attention, and AER against gold."""
     from nmt_cli import analysis
@@ -45,7 +46,7 @@ def align(
     src_lines, tgt_lines = read_parallel(src, tgt) if tgt is not None else (read_lines(src), None)
     sure = _read_gold(gold, src, src_lines, tgt_lines) if gold is not None and tgt_lines is not None else None
     set_threads(threads)
-    pairs, record = _attention_of(model, src_lines, tgt_lines, beam_size, batch_size)
+    pairs, record = _attention_of(model, src_lines, tgt_lines, beam_size, batch_size, device)
     lines = [analysis.align(pair, level) for pair in pairs]
     for a in lines:
         if a.problem:
@@ -71,7 +72,12 @@ def align(
 
 
 def _attention_of(
-    model: Path, src_lines: list[str], tgt_lines: list[str] | None, beam_size: int, batch_size: int
+    model: Path,
+    src_lines: list[str],
+    tgt_lines: list[str] | None,
+    beam_size: int,
+    batch_size: int,
+    device: str,
 ) -> tuple[list, dict[str, Any]]:
     """Forced attention on the references, or the attention of translations (signature on stderr)."""
     from nmt_cli import analysis
@@ -80,7 +86,7 @@ def _attention_of(
     from nmt_cli.console import console
     from nmt_cli.translate import decode_signature
 
-    loaded = load_model(model)
+    loaded = load_model(model, device=resolve_device(device))
     analysis.require_attention(loaded, str(model), "attention to align")
     if tgt_lines is not None:
         pairs = analysis.forced_attention(loaded, src_lines, tgt_lines, batch_size)
@@ -142,6 +148,7 @@ def attention(
         True, "--color/--no-color", help="Terminal heatmap in colour (on a terminal) or shade characters."
     ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Draw the attention of translations: source across, target down, one picture per sentence."""
     from nmt_cli import analysis
@@ -153,7 +160,7 @@ def attention(
     _check_choice("--level", level, LEVELS)
     chosen = _chosen_sentences(sentence, input_file, lines)
     set_threads(threads)
-    loaded = load_model(model)
+    loaded = load_model(model, device=resolve_device(device))
     analysis.require_attention(loaded, str(model), "attention to draw")
     pairs = analysis.translation_attention(loaded, [s for _, s in chosen], DecodeConfig(beam_size=beam_size))
     for (n, _), pair in zip(chosen, pairs, strict=True):

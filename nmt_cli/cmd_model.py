@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import set_threads, write_stdout
+from nmt_cli.cli_base import DEVICE_HELP, resolve_device, set_threads, write_stdout
 from nmt_cli.errors import ConfigError
 
 
@@ -66,16 +66,29 @@ def _info_text(r: dict[str, Any]) -> str:
                 f"tokens, {i.get('wall', '?')} s",
             )
         )
+    if "world_size" in i:
+        backend = f", {i.get('backend')}" if i["world_size"] > 1 else ""
+        rows.append(
+            (
+                "trained on",
+                f"{i.get('device', '?')}, {i.get('precision', 'fp32')}, "
+                f"world_size: {i['world_size']}{backend}, kernels {i.get('kernels', '?')}",
+            )
+        )
     if i.get("dev_bleu") is not None:
         kept = i.get("train_config", {}).get("valid_max_sentences")
         where = f"first {kept} dev lines, greedy" if kept else "dev set, greedy"
         rows.append(("dev BLEU", f"{i['dev_bleu']:.2f} ({where}) BLEU|{i.get('bleu_signature', '')}"))
     if "dev_loss" in i:
         rows.append(("dev loss", f"{i['dev_loss']} per token (ppl {i.get('dev_ppl')})"))
-    for k, (side, d) in enumerate(i.get("data", {}).items()):
+    data = i.get("data", {})
+    files = [(side, d) for side, d in data.items() if isinstance(d, dict)]  # a store adds store, lines
+    for k, (side, d) in enumerate(files):
         rows.append(
             ("data" if k == 0 else "", f"{side} {d['path']}: {d['lines']} lines, sha256 {d['sha256']}")
         )
+    if "store" in data:
+        rows.append(("", f"read from the store in {data['store']}"))
     rows.append(("versions", f"nmt {i.get('nmt', r['version'])}, torch {i.get('torch', '?')}"))
     return "".join(f"{key:<13}{value}\n" for key, value in rows)
 
@@ -95,6 +108,7 @@ def tune(
     shortlist: int = typer.Option(0, "--shortlist", help="As translate --shortlist K (0: full vocabulary)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object with every setting's numbers."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-setting lines on stderr."),
 ) -> None:
     """Translate a dev set with each beam size and alpha: BLEU, length ratio, empty outputs, time."""
@@ -116,7 +130,7 @@ def tune(
     ]
     src_lines, refs = read_parallel(src, ref)
     set_threads(threads)
-    loaded = for_decoding(load_model(model), int8)
+    loaded = for_decoding(load_model(model, device=resolve_device(device)), int8)
     columns = shortlist_setting(loaded, settings[0])
     rows = []
     with progress(quiet) as bar:

@@ -8,7 +8,14 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import PROCESS_START, StopSignals, parse_duration, set_threads, write_stdout
+from nmt_cli.cli_base import (
+    DEVICE_HELP,
+    PROCESS_START,
+    StopSignals,
+    parse_duration,
+    set_threads,
+    write_stdout,
+)
 from nmt_cli.config import RESUMABLE
 from nmt_cli.errors import ConfigError, InputError
 
@@ -136,16 +143,36 @@ def train(
         False, "--overwrite", help="Replace an earlier run in --out (once every argument is checked)."
     ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 (default), bf16 or fp16: autocast, weights stay fp32."
+    ),
+    nproc: int = typer.Option(
+        0, "--nproc", help="Train as N processes on this machine (DDP, started through torchrun)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
-    """Train an LSTM encoder-decoder with attention; the best dev-BLEU model goes to OUT/model.nmt."""
+    """Train an LSTM encoder-decoder with attention; the best dev-BLEU model goes to OUT/model.nmt.
+
+    Under torchrun (or with --nproc) each process trains on its share of every update's batches
+    (--batch-tokens counts the whole update, all processes together); rank 0 alone writes."""
+    if nproc:
+        from nmt_cli.distributed import launch
+
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+    from contextlib import ExitStack
     from dataclasses import replace
 
+    from nmt_cli import distributed
     from nmt_cli.config import DataConfig
     from nmt_cli.console import console, setup_logging
-    from nmt_cli.train import Run, fit
+    from nmt_cli.device import resolve
+    from nmt_cli.run_files import run_dir_lock
+    from nmt_cli.subword import Subword
+    from nmt_cli.train import Place, Run, fit
 
-    setup_logging(quiet=quiet)
+    world = distributed.from_env()
+    setup_logging(quiet=quiet or not world.main)  # one process reports for the group
     budget = parse_duration(time_budget)
     model_flags = dict(
         attention=attention,
@@ -185,29 +212,52 @@ def train(
         src_vectors=str(src_vectors) if src_vectors else None,
         tgt_vectors=str(tgt_vectors) if tgt_vectors else None,
         freeze_embeddings=freeze_embeddings,
+        precision=precision,
     )
     model_cfg, train_cfg, sub_cfg = merged_configs(
         preset, config, model_flags, train_flags, dict(vocab_size=vocab_size)
     )
     set_threads(train_cfg.threads)
     _check_corpus_options(data_dir, src, tgt, spm, vocab_size)
-    _check_run_dir(out, resume, overwrite)  # fit() clears an earlier run once everything is checked
-    if data_dir is not None:
-        data = _prepared_data(data_dir, dev_src, dev_tgt)
-        sub = _subword(data, out, None if resume else data_dir / "spm.model", sub_cfg, resume, False)
-    else:
-        data = DataConfig(str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""), store=str(out))
-        sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
-        _store_in_run_dir(data, sub, out, resume)
-    model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    with StopSignals() as signals:
-        summary = fit(
-            Run(data, sub, model_cfg, train_cfg, out),
-            resume=resume,
-            start_time=PROCESS_START,
-            quiet=quiet,
-            interrupt=signals.reason,
-        )
+    place = Place(resolve(device, world.local_rank), world)
+    world = distributed.start(world, place.device)
+    try:
+        with ExitStack() as held:
+
+            def prepare():  # noqa: ANN202 - rank 0's: claim the run directory, check it, then the corpus
+                held.enter_context(run_dir_lock(out))  # for the whole run: one training per directory
+                _check_run_dir(out, resume, overwrite)  # fit() clears an earlier run once all is checked
+                if data_dir is not None:
+                    data = _prepared_data(data_dir, dev_src, dev_tgt)
+                    sub = _subword(
+                        data, out, None if resume else data_dir / "spm.model", sub_cfg, resume, False
+                    )
+                else:
+                    data = DataConfig(
+                        str(src), str(tgt), str(dev_src or ""), str(dev_tgt or ""), store=str(out)
+                    )
+                    sub = _subword(data, out, spm, sub_cfg, resume, shrink_to_fit=vocab_size is None)
+                    _store_in_run_dir(data, sub, out, resume)
+                return data, sub.to_bytes()
+
+            data, sub_bytes = _on_main(world, prepare)  # rank 0's data and subword model, on every rank
+            sub = Subword.from_bytes(sub_bytes)
+            model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
+            with StopSignals() as signals:
+                summary = fit(
+                    Run(data, sub, model_cfg, train_cfg, out),
+                    resume=resume,
+                    start_time=PROCESS_START,
+                    quiet=quiet,
+                    interrupt=signals.reason,
+                    place=place._replace(world=world),
+                )
+    finally:
+        distributed.stop(world)
+    if not world.main:
+        if signals.received:
+            raise typer.Exit(code=128 + signals.received.value)
+        return
     best = "-" if summary.best_bleu is None else f"{summary.best_bleu:.2f} (step {summary.best_step})"
     write_stdout(
         f"model\t{summary.model_path}\nsteps\t{summary.steps}\nepochs\t{summary.epochs:.2f}\n"
@@ -222,6 +272,40 @@ def train(
             soft_wrap=True,
         )
         raise typer.Exit(code=128 + signals.received.value)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line with --nproc N (or --nproc=N) left out, for torchrun to run in each process."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+def _on_main(world, work):  # noqa: ANN001, ANN202
+    """work() on rank 0, its result on every rank; an error there ends every rank, rank 0 alone
+    reporting it (one process: work() as it is)."""
+    from nmt_cli import distributed
+    from nmt_cli.errors import NmtError
+
+    if not world.distributed:
+        return work()
+    result, failed = None, None
+    if world.main:
+        try:
+            result = work()
+        except NmtError as err:
+            failed = err
+    if distributed.from_main(world, failed is not None):
+        if failed is not None:
+            raise failed
+        raise typer.Exit(code=1)
+    return distributed.from_main(world, result)
 
 
 def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -309,6 +393,8 @@ def bench_train(
         None, help="Padded positions per batch on its longer side (source, or target + EOS)."
     ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Training throughput of a preset as a fraction of this machine's measured matmul rate."""
@@ -319,6 +405,7 @@ def bench_train(
     from nmt_cli.config import SubwordConfig
     from nmt_cli.console import console, setup_logging
     from nmt_cli.data import load_parallel
+    from nmt_cli.device import resolve
     from nmt_cli.subword import Subword, train_spm
 
     setup_logging()
@@ -329,8 +416,13 @@ def bench_train(
         raise ConfigError("give both --src and --tgt, or neither")
     src, tgt = (src, tgt) if src is not None and tgt is not None else default_corpus()
     model_cfg, train_cfg, _ = merged_configs(
-        preset, None, dict(input_feeding=input_feeding), dict(batch_tokens=batch_tokens), {}
+        preset,
+        None,
+        dict(input_feeding=input_feeding),
+        dict(batch_tokens=batch_tokens, precision=precision),
+        {},
     )
+    where = resolve(device)
     sub = (
         Subword.from_file(spm)
         if spm
@@ -338,8 +430,11 @@ def bench_train(
     )
     examples, _ = load_parallel(src, tgt, sub, train_cfg.max_len)
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
-    console.print(f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out")
-    r = run_bench(examples, model_cfg, train_cfg, steps, skip)
+    console.print(
+        f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out, "
+        f"{where}, {train_cfg.precision}"
+    )
+    r = run_bench(examples, model_cfg, train_cfg, steps, skip, where)
     result = dict(
         r._asdict(),
         preset=preset,
@@ -360,6 +455,7 @@ def bench_train(
         f"oneDNN GFLOP/s\t{r.onednn_gflops:.1f}  "
         f"({100 * r.onednn_fraction:.1f} % of this rate, where the products run)\n"
         f"padding\t{100 * r.padding:.2f} %  ({r.tokens_per_step:.0f} real target tokens per step)\n"
-        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\nkernels\t{r.kernels}"
+        f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\n"
+        f"device\t{r.device}  ({r.precision})\nkernels\t{r.kernels}"
         f"  ({'NMT_PLAIN=1 runs the plain model' if r.kernels == 'cpu' else 'the plain model'})\n"
     )

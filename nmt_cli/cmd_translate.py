@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from nmt_cli.cli_base import set_threads, write_stdout
+from nmt_cli.cli_base import DEVICE_HELP, resolve_device, set_threads, write_stdout
 from nmt_cli.errors import ConfigError
 
 FORMATS = ("text", "jsonl")
@@ -88,6 +88,7 @@ def translate(
     fmt: str = typer.Option("text", "--format", help="text or jsonl."),
     with_attention: bool = typer.Option(False, "--with-attention", help="JSONL: add pieces and attention."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No decoding signature or timing on stderr."),
 ) -> None:
     """Translate FILE or stdin: exactly one output line per input line, in order."""
@@ -117,7 +118,7 @@ def translate(
         shortlist=shortlist,
     )
     with _output(output) as write:  # an output file that cannot be written fails here, before any work
-        loaded = for_decoding(load_model(model), int8)
+        loaded = for_decoding(load_model(model, device=resolve_device(device)), int8)
         if with_attention:
             from nmt_cli.analysis import require_attention
 
@@ -134,7 +135,7 @@ def translate(
         bar_off = quiet or (output is None and sys.stdout.isatty())
         count = 0
         with _collector_skips_what_exists(), progress(bar_off) as bar:
-            task = bar.add_task("translate", total=_line_count(input_file))
+            task = bar.add_task("translate", total=None if bar_off else _line_count(input_file))
             texts = (_format(t, fmt, signature, with_attention) for t in translations)
             for text in _advancing(texts, bar, task):
                 write(text)
@@ -148,14 +149,18 @@ def translate(
 
 
 def _line_count(input_file: str) -> int | None:
-    """Lines in a regular file (a last line without '\\n' counts); None for stdin or a pipe."""
+    """Lines in a regular file (a last line without '\\n' counts); None for stdin, a pipe or a file that
+    cannot be read (the translation's own reading then reports it, with its line number)."""
     path = Path(input_file)
     if input_file == "-" or not path.is_file():
         return None
     count, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            count, last = count + block.count(b"\n"), block[-1:]
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                count, last = count + block.count(b"\n"), block[-1:]
+    except OSError:
+        return None
     return count + (last != b"\n")
 
 
@@ -194,6 +199,7 @@ def score(
     fmt: str = typer.Option("text", "--format", help="text or jsonl."),
     batch_size: int = typer.Option(64, help="Sentence pairs per batch."),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No signature on stderr."),
 ) -> None:
     """Force-decode given translations: log p(target | source) per line, and per target piece.
@@ -216,7 +222,7 @@ def score(
     setup_logging(quiet=quiet)
     set_threads(threads)
     src_lines, tgt_lines = read_parallel(src, tgt)
-    loaded = load_model(model)
+    loaded = load_model(model, device=resolve_device(device))
     signature = f"score|model:{loaded.digest}|nmt:{__version__}"
     if not quiet:
         console.print(signature, markup=False, highlight=False)

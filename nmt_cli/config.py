@@ -14,6 +14,7 @@ CELL_TYPES = ("rnn", "lstm", "gru")  # rnn: the simple tanh (Elman) RNN
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "inverse-sqrt", "cosine", "linear", "plateau")
 SUBWORD_TYPES = ("unigram", "bpe", "char", "word")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 C = TypeVar("C")
 
@@ -121,9 +122,11 @@ class TrainConfig:
     src_vectors: str = ""  # word vectors (text format, gzip allowed) for the source embedding, "": none
     tgt_vectors: str = ""  # the same for the target embedding
     freeze_embeddings: bool = False  # embeddings that got vectors are not trained
+    precision: str = "fp32"  # fp32, or bf16/fp16 autocast with fp32 master weights
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
         _choice("schedule", self.schedule, SCHEDULES)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")

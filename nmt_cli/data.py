@@ -234,6 +234,15 @@ class Batch(NamedTuple):
     n_tokens: int  # real label positions, sum of len(tgt) + 1: divide the summed loss by this
     lines: list[int]  # corpus line of each row
 
+    def to(self, device: torch.device) -> Batch:
+        """The same batch with its tensors on device (itself when they are there already)."""
+        if device.type == "cpu":
+            return self
+        move = {
+            name: getattr(self, name).to(device, non_blocking=True) for name in ("src", "tgt_in", "tgt_out")
+        }
+        return self._replace(**move, src_lengths=self.src_lengths.to(device))
+
 
 def pad_sequences(seqs: Sequence[Sequence[int]]) -> Tensor:
     """Rows of ids -> (B, L) long tensor padded with PAD on the right, L the longest row."""

@@ -11,7 +11,7 @@ from torch import Tensor
 from nmt_cli.config import DecodeConfig
 from nmt_cli.cpu import kernels
 from nmt_cli.cpu.threads import decode_in_workers
-from nmt_cli.model import Seq2Seq
+from nmt_cli.model import Seq2Seq, device_of
 from nmt_cli.search import Group, Hypothesis, greedy_refilled, search
 from nmt_cli.shortlist import LexicalTable, OutputRows, batch_shortlist, with_output_layer
 from nmt_cli.vocab import PAD
@@ -25,13 +25,13 @@ class ShortlistSetting(NamedTuple):
     rows: OutputRows  # the model's output layer, from which each batch cuts its columns
 
 
-def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """Token lists -> src (B, S) padded with PAD, src_lengths (B,)."""
+def pad_batch(seqs: Sequence[Sequence[int]], device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Token lists -> src (B, S) padded with PAD, src_lengths (B,); src on device (the CPU by default)."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     src = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
     for row, seq in enumerate(seqs):
         src[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return src, lengths
+    return (src if device is None else src.to(device)), lengths
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
@@ -83,7 +83,7 @@ def _beam(
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     for chunk in length_sorted_chunks([len(s) for s in src_ids], batch_size):
         batch = [src_ids[i] for i in chunk]
-        src, lengths = pad_batch(batch)
+        src, lengths = pad_batch(batch, device_of(model))
         enc = model.encode(src, lengths)
         if shortlist is None:
             nbests = search(model, enc, lengths, cfg)
@@ -115,7 +115,7 @@ def _greedy(
             if chunk is None:
                 return None
             batch = [src_ids[i] for i in chunk]
-            src, lengths = pad_batch(batch)
+            src, lengths = pad_batch(batch, device_of(model))
             columns = None if shortlist is None else batch_shortlist(batch, shortlist.lex, shortlist.k)
             waiting.append(Group(model.encode(src, lengths), lengths, torch.tensor(chunk), columns))
         group = waiting.pop()

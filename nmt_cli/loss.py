@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.cpu import kernels
@@ -26,10 +27,17 @@ class Validation(NamedTuple):
     signature: str  # sacrebleu's BLEU signature
 
 
-def token_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0, chunk: int = 256) -> torch.Tensor:
+def token_loss(
+    model: Seq2Seq,
+    batch: Batch,
+    label_smoothing: float = 0.0,
+    chunk: int = 256,
+    forward: nn.Module | None = None,
+) -> torch.Tensor:
     """Summed cross-entropy over real target tokens; the output layer runs only where tgt is not PAD,
-    `chunk` tokens at a time (a whole batch's logits and log-softmax are large)."""
-    hidden = model.teacher_force(batch.src, batch.src_lengths, batch.tgt_in).hidden  # (B, T, H)
+    `chunk` tokens at a time (a whole batch's logits and log-softmax are large). `forward` is a wrapper
+    that calls the model (DistributedDataParallel under torchrun); the model itself by default."""
+    hidden = (forward or model)(batch.src, batch.src_lengths, batch.tgt_in).hidden  # (B, T, H)
     real = batch.tgt_out != PAD
     states, targets = hidden[real], batch.tgt_out[real]  # (N, H), (N,)
     total = states.new_zeros(())
@@ -59,8 +67,9 @@ def validate(model: Seq2Seq, dev: list[Example], subword: Subword, refs: list[st
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(dev), 64):
-        batch = collate(dev[start : start + 64])
+        batch = collate(dev[start : start + 64]).to(device)
         total += token_loss(model, batch).item()
         tokens += batch.n_tokens
     bleu, signature = None, ""

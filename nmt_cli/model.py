@@ -210,6 +210,10 @@ class Seq2Seq(nn.Module):
 
     # --- training -----------------------------------------------------------------------------------
 
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> TeacherForced:
+        """teacher_force, as the module's call: what DistributedDataParallel wraps."""
+        return self.teacher_force(src, src_lengths, tgt_in)
+
     def teacher_force(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> TeacherForced:
         """src (B, S), tgt_in (B, T) starting with BOS -> attentional vectors (B, T, H), attention."""
         enc = self.encode(src, src_lengths)
@@ -291,6 +295,11 @@ class Seq2Seq(nn.Module):
 
 def build_model(cfg: ModelConfig) -> Seq2Seq:
     return Seq2Seq(cfg)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model's weights are (and so where its inputs must go)."""
+    return next(model.parameters()).device
 
 
 def count_parameters(model: nn.Module) -> int:

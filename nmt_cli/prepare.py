@@ -35,7 +35,6 @@ def prepare_corpus(
     """Write out_dir/spm.model, out_dir/store/ and out_dir/prepare.json; return the report."""
     began = time.time()
     report, flagged = scan_corpus(src, tgt, opts.long_words, opts.max_ratio)
-    log.info("%s", report.as_text())
     result: dict[str, Any] = {"corpus": report._asdict()}
     if opts.filter:
         src, tgt = filter_corpus(src, tgt, flagged, out_dir)
@@ -70,6 +69,7 @@ def prepare_corpus(
     }
     result["seconds"] = round(time.time() - began, 2)
     write_text_atomic(out_dir / "prepare.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    log.info("%s", report.as_text())  # once prepared: a failed prepare says only what failed, in one line
     return result
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,7 +20,7 @@ import torch
 from nmt_cli.checkpoint import load_trainer_state, save_model, save_trainer_state
 from nmt_cli.config import ModelConfig, TrainConfig, from_json, resume_differences, to_json
 from nmt_cli.console import console
-from nmt_cli.errors import ConfigError
+from nmt_cli.errors import ConfigError, InputError
 from nmt_cli.loss import Validation
 from nmt_cli.model import Seq2Seq
 from nmt_cli.subword import Subword
@@ -55,10 +59,39 @@ class RunIdentity(NamedTuple):
     train_cfg: TrainConfig
     data: dict[str, dict[str, Any]]  # file_facts by DataConfig field, empty fields left out
     subword: str  # sha256 prefix of the SentencePiece model
+    world_size: int = 1  # processes under torchrun: each rank's data position counts its own batches
 
 
 def subword_digest(subword: Subword) -> str:
     return hashlib.sha256(subword.to_bytes()).hexdigest()[:16]
+
+
+@contextmanager
+def run_dir_lock(out: Path) -> Iterator[None]:
+    """Hold OUT/.lock while training into OUT: a second training (another torchrun group, or a plain
+    process) into the same directory is refused at once instead of mixing its files with this one's."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "a+")  # noqa: SIM115 - closed below
+    except OSError as e:  # a read-only or unwritable place: the one-line error of any failed write
+        raise InputError(f"cannot write: {e.strerror or e}", str(out / ".lock")) from None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise ConfigError(
+                f"another training is writing this run directory (pid {holder})", str(out)
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def file_facts(path: str) -> dict[str, object]:
@@ -73,12 +106,14 @@ def file_facts(path: str) -> dict[str, object]:
 
 def restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, now: RunIdentity) -> Counters:
     """Weights, optimizer, RNG and counters of an earlier run; refused when anything that decides the
-    batches or the maths differs (model, training config, corpus, dev set, subword model)."""
+    batches or the maths differs (world size, model, training config, corpus, dev set, subword model)."""
     state = load_trainer_state(path)
     _check_same_run(state, now, str(path))
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     saved = state["counters"]
     known = {f.name for f in fields(Counters)}
     c = Counters(**{k: v for k, v in saved.items() if k in known})
@@ -88,6 +123,13 @@ def restore(path: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, now: R
 
 
 def _check_same_run(state: dict[str, Any], now: RunIdentity, path: str) -> None:
+    saved_world = int(state.get("world_size", 1))  # written before torchrun training: one process
+    if saved_world != now.world_size:
+        raise ConfigError(
+            f"cannot resume: trained with world size {saved_world}, now {now.world_size}; "
+            f"resume with {_launch_hint(saved_world)}",
+            path,
+        )
     saved_model = from_json(ModelConfig, state["model_config"])
     for name, value in asdict(now.model_cfg).items():
         if getattr(saved_model, name) != value:
@@ -118,6 +160,14 @@ def _check_same_run(state: dict[str, Any], now: RunIdentity, path: str) -> None:
         )
 
 
+def _launch_hint(world_size: int) -> str:
+    return (
+        "one process (no torchrun)"
+        if world_size == 1
+        else f"torchrun --nproc-per-node {world_size} (or --nproc)"
+    )
+
+
 def _describe(facts: dict[str, Any] | None) -> str:
     return "none" if not facts else f"{facts['path']} (sha256 {facts['sha256']}, {facts['lines']} lines)"
 
@@ -141,6 +191,11 @@ def update_best(c: Counters, v: Validation | None, cfg: TrainConfig, scheduled: 
     if keep:
         c.kept_bleu, c.kept_step = v.bleu, c.step
     return keep
+
+
+def record_start(out: Path, c: Counters, facts: dict[str, Any]) -> None:
+    """The first record of a run (and of each resumed part): how it runs, e.g. world_size and backend."""
+    append_jsonl(out / "log.jsonl", {"kind": "start", "step": c.step, **facts})
 
 
 def record_train(
@@ -223,6 +278,7 @@ def save_run(
     facts: dict[str, Any],
     improved: bool,
     cfg: TrainConfig,
+    world_size: int = 1,
 ) -> None:
     """last.nmt, model.nmt when improved, step-N.nmt (the last keep_last), then the resume state.
 
@@ -247,6 +303,8 @@ def save_run(
             "train_config": to_json(cfg),
             "data": facts.get("data", {}),
             "subword": subword_digest(subword),
+            "world_size": world_size,
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}),
         },
     )
 

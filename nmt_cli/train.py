@@ -11,19 +11,23 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
-from nmt_cli import __version__, cpu
+from nmt_cli import __version__, cpu, distributed
 from nmt_cli.checkpoint import save_model
 from nmt_cli.config import DataConfig, ModelConfig, TrainConfig, to_json
 from nmt_cli.data import Batch, Example, LoadReport, collate, epoch_tokens, load_parallel, token_batches
+from nmt_cli.device import autocast, check_precision, grad_scaler
+from nmt_cli.distributed import World
 from nmt_cli.errors import ConfigError
-from nmt_cli.loss import backward, validate
+from nmt_cli.loss import backward, token_loss, validate
 from nmt_cli.model import Seq2Seq, build_model, count_parameters
 from nmt_cli.run_files import (
     Counters,
     RunIdentity,
     file_facts,
     prepare_run_dir,
+    record_start,
     record_train,
     record_validation,
     record_vectors,
@@ -36,7 +40,7 @@ from nmt_cli.schedule import learning_rate
 from nmt_cli.store import training_pairs
 from nmt_cli.subword import Subword
 from nmt_cli.textio import read_lines
-from nmt_cli.vectors import coverage, read_vectors
+from nmt_cli.vectors import Coverage, PieceVectors, coverage, read_vectors
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,22 @@ class TrainSummary(NamedTuple):
     model_path: Path
 
 
+class Place(NamedTuple):
+    """Where a run trains: the device and, under torchrun, this process's place in the group."""
+
+    device: torch.device = torch.device("cpu")
+    world: World = World()
+
+
+class Engine(NamedTuple):
+    """How an update runs: device, precision's loss scaler, process group and DDP wrapper."""
+
+    device: torch.device = torch.device("cpu")
+    world: World = World()
+    ddp: nn.Module | None = None  # DistributedDataParallel over the model, under torchrun
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+
+
 def _stop_reason(cfg: TrainConfig, c: Counters, epoch_progress: float, elapsed: float, reserve: float) -> str:
     if cfg.max_steps and c.step >= cfg.max_steps:
         return "max-steps"
@@ -64,10 +84,10 @@ def _stop_reason(cfg: TrainConfig, c: Counters, epoch_progress: float, elapsed: 
     return ""
 
 
-def _progress(cfg: TrainConfig, c: Counters, epoch_progress: float, elapsed: float) -> float:
+def _progress(cfg: TrainConfig, step: int, epoch_progress: float, elapsed: float) -> float:
     """The spent fraction of the run by whichever limit is set (for cosine and linear decay)."""
     parts = [
-        c.step / cfg.max_steps if cfg.max_steps else 0.0,
+        step / cfg.max_steps if cfg.max_steps else 0.0,
         epoch_progress / cfg.epochs if cfg.epochs else 0.0,
         elapsed / cfg.time_budget if cfg.time_budget else 0.0,
     ]
@@ -78,6 +98,29 @@ def build_optimizer(model: Seq2Seq, cfg: TrainConfig) -> torch.optim.Optimizer:
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel per parameter for the whole update instead of a dozen passes over memory
     return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def place_model(model_cfg: ModelConfig, cfg: TrainConfig, place: Place) -> tuple[Seq2Seq, str, Engine]:
+    """The model built (global RNG) and moved to the device; -> model, kernels, engine."""
+    model = build_model(model_cfg)
+    return (model, *engine_for(model, cfg, place))
+
+
+def engine_for(model: Seq2Seq, cfg: TrainConfig, place: Place) -> tuple[str, Engine]:
+    """Move a built model to the device and set up how its updates run; -> kernels, engine.
+
+    The CPU swaps (fp32 oneDNN products) go in only for fp32 training: under bf16/fp16 autocast the
+    plain model runs, so autocast decides each product's precision. Under torchrun the model is wrapped
+    in DistributedDataParallel, which starts every rank from rank 0's weights."""
+    check_precision(cfg.precision, place.device)
+    model.to(place.device)
+    kernels = cpu.install(model) if cfg.precision == "fp32" else "plain"
+    if place.world.distributed:
+        torch.manual_seed(cfg.seed + place.world.rank)  # dropout differs by rank; the weights are rank 0's
+    scaler = grad_scaler(cfg.precision, place.device) if cfg.precision == "fp16" else None
+    return kernels, Engine(
+        place.device, place.world, distributed.wrap(model, place.world, place.device), scaler
+    )
 
 
 class Run(NamedTuple):
@@ -96,14 +139,19 @@ def fit(
     start_time: float | None = None,
     quiet: bool = False,
     interrupt: Callable[[], str] | None = None,
+    place: Place | None = None,
 ) -> TrainSummary:
     """Train until a limit is reached; saves last.nmt, model.nmt (best dev BLEU) and trainer_state.pt.
 
     Nothing in out_dir changes until every input has been read and checked. interrupt, asked before each
     update, returns why to stop at once (e.g. "SIGTERM") or "": then the resume state is saved without
     a validation and the summary's stopped is that reason.
+
+    Under torchrun every rank calls this with its place; rank 0 alone validates and writes, its clock
+    decides when to stop, and a signal to any rank stops them all at the same step.
     """
-    cfg, out = run.train_cfg, run.out_dir
+    cfg, out, place = run.train_cfg, run.out_dir, place or Place()
+    world = place.world
     start = start_time if start_time is not None else time.time()
     if not (cfg.max_steps or cfg.epochs or cfg.time_budget):
         raise ConfigError("give a limit: --max-steps, --epochs or --time-budget")
@@ -115,21 +163,22 @@ def fit(
     train, report, train_facts = training_pairs(run.data, run.subword, cfg.max_len)
     if not train:
         raise ConfigError(f"no usable training pairs in {run.data.train_src} ({report})")
-    dev, refs = _load_dev(run)
+    dev, refs = _load_dev(run) if world.main else ([], None)  # rank 0 validates
     log.info("training pairs: %d kept of %d%s", len(train), report.total, _skips(report))
     torch.manual_seed(cfg.seed)  # weight init and dropout; data order has its own generator
     model = build_model(run.model_cfg)
     freeze_embeddings(model, run)
-    if not resume:  # a resumed run restores the trained rows instead
-        load_vectors(model, run, train)
-    kernels = cpu.install(model)
+    # a resumed run restores the trained rows instead; the coverage is recorded once the log is ready
+    vectors = [] if resume else load_vectors(model, run, train)
+    kernels, engine = engine_for(model, cfg, place)
     optimizer = build_optimizer(model, cfg)
     # a store's corpus facts come from the store (digests recorded once), not from hashing its files again
     data_facts = {k: file_facts(v) for k, v in asdict(run.data).items() if v and k not in train_facts}
     data_facts |= train_facts
-    identity = RunIdentity(run.model_cfg, cfg, data_facts, subword_digest(run.subword))
+    identity = RunIdentity(run.model_cfg, cfg, data_facts, subword_digest(run.subword), world.world_size)
     c = restore(out / "trainer_state.pt", model, optimizer, identity) if resume else Counters()
-    prepare_run_dir(out, c.step if resume else None, run.subword)
+    if resume and world.distributed:
+        torch.manual_seed(cfg.seed + world.rank + world.world_size * c.step)  # the saved RNG is rank 0's
     log.info(
         "model: %s parameters, %s attention, input feeding %s, kernels %s",
         f"{count_parameters(model):,}",
@@ -142,10 +191,33 @@ def fit(
         "train_config": to_json(cfg),
         "parameters": count_parameters(model),
         "kernels": kernels,
+        "device": str(place.device),
+        "precision": cfg.precision,
+        "world_size": world.world_size,
+        "backend": world.backend or "none",
         "nmt": __version__,
         "torch": torch.__version__,
     }
-    return _loop(run, model, optimizer, c, train, dev, refs, info_base, start, quiet, interrupt)
+    if world.main:
+        prepare_run_dir(out, c.step if resume else None, run.subword)
+        how = ("world_size", "backend", "device", "precision", "kernels")
+        record_start(out, c, {k: info_base[k] for k in how})
+        for side in vectors:
+            record_vectors(out, *side, cfg.freeze_embeddings)
+    return _loop(
+        run,
+        model,
+        optimizer,
+        c,
+        train,
+        dev,
+        refs,
+        info_base,
+        start,
+        quiet or not world.main,
+        interrupt,
+        engine,
+    )
 
 
 def _vector_sides(model: Seq2Seq, run: Run) -> list[tuple[str, str, torch.nn.Embedding]]:
@@ -160,8 +232,12 @@ def _vector_sides(model: Seq2Seq, run: Run) -> list[tuple[str, str, torch.nn.Emb
     return [side for side in sides if side[1]]
 
 
-def load_vectors(model: Seq2Seq, run: Run, train: list[Example]) -> None:
-    """Embedding rows from the vector files; the coverage of each goes to stderr and log.jsonl."""
+def load_vectors(
+    model: Seq2Seq, run: Run, train: Sequence[Example]
+) -> list[tuple[str, str, PieceVectors, Coverage]]:
+    """Embedding rows from the vector files; the coverage of each goes to stderr, and is returned as
+    (side, path, vectors found, coverage) for log.jsonl (run_files.record_vectors)."""
+    sides = []
     pieces = run.subword.id_to_piece(range(run.subword.vocab_size))
     for side, path, embedding in _vector_sides(model, run):
         found = read_vectors(path, pieces, run.model_cfg.emb_size)
@@ -179,7 +255,8 @@ def load_vectors(model: Seq2Seq, run: Run, train: list[Example]) -> None:
             found.stripped,
             cov.as_text(),
         )
-        record_vectors(run.out_dir, side, path, found, cov, run.train_cfg.freeze_embeddings)
+        sides.append((side, path, found, cov))
+    return sides
 
 
 def freeze_embeddings(model: Seq2Seq, run: Run) -> None:
@@ -238,44 +315,53 @@ def _loop(
     start: float,
     quiet: bool,
     interrupt: Callable[[], str] | None,
+    engine: Engine,
 ) -> TrainSummary:
-    cfg = run.train_cfg
+    cfg, world = run.train_cfg, engine.world
     clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
-    window_tokens, window_loss, window_start = 0, 0.0, time.time()
+    # tokens: the update's, all ranks together; the loss window: this rank's, summed over ranks to report
+    window_tokens, window_loss, window_own, window_start = 0, 0.0, 0, time.time()
     snapshots = _Snapshots(cfg.save_every_minutes * 60, clock.elapsed())
     n_epoch_tokens = epoch_tokens(train)  # from the lengths: a store's pairs stay on disk
+    rank_tokens = max(1, cfg.batch_tokens // world.world_size)  # batch_tokens is per update, all ranks
     model.train()
     while not stopped:
-        batches = token_batches(train, cfg.batch_tokens, cfg.seed, c.epoch)
+        batches = token_batches(train, rank_tokens, cfg.seed, c.epoch, world.rank, world.world_size)
         while c.batch_in_epoch < len(batches):
             epoch_progress = c.epoch + c.batch_in_epoch / len(batches)
             # before the first validation its cost is unknown (an untrained model decodes to the length cap)
             guard = reserve * 1.2 + 2.0 if reserve else min(0.15 * cfg.time_budget, 120.0)
-            asked = interrupt() if interrupt else ""
-            if stopped := asked or _stop_reason(cfg, c, epoch_progress, clock.elapsed(), guard):
+            elapsed = clock.elapsed()
+            reason = _stop_reason(cfg, c, epoch_progress, elapsed, guard)
+            lr = learning_rate(
+                cfg, c.step + 1, _progress(cfg, c.step + 1, epoch_progress, elapsed), c.plateau_scale
+            )
+            stopped, lr = _decided(world, interrupt, reason, lr)
+            if stopped:
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
             c.step, c.batch_in_epoch = c.step + 1, c.batch_in_epoch + 1
-            lr = learning_rate(
-                cfg, c.step, _progress(cfg, c, epoch_progress, clock.elapsed()), c.plateau_scale
-            )
-            loss = train_step(model, optimizer, batch, cfg, lr)
-            c.tokens, window_tokens = c.tokens + batch.n_tokens, window_tokens + batch.n_tokens
-            window_loss += loss * batch.n_tokens  # reports show the window's mean, not one batch's swing
-            if c.step % cfg.log_every == 0:
+            n_tokens = int(distributed.total(world, [batch.n_tokens], engine.device)[0])
+            loss = train_step(model, optimizer, batch, cfg, lr, engine, n_tokens)
+            c.tokens, window_tokens = c.tokens + n_tokens, window_tokens + n_tokens
+            # reports show the window's mean, not one batch's swing
+            window_loss, window_own = window_loss + loss * batch.n_tokens, window_own + batch.n_tokens
+            if c.step % cfg.log_every == 0:  # the same step on every rank
+                window_loss, window_own = distributed.total(world, [window_loss, window_own], engine.device)
                 now = time.time()
-                record_train(
-                    run.out_dir,
-                    c,
-                    window_loss / window_tokens,
-                    lr,
-                    window_tokens / (now - window_start),
-                    clock.elapsed(),
-                    c.tokens / n_epoch_tokens,
-                    quiet,
-                )
-                window_tokens, window_loss, window_start = 0, 0.0, now
-            if snapshots.due(clock.elapsed()):  # for learning curves by wall clock
+                if world.main:
+                    record_train(
+                        run.out_dir,
+                        c,
+                        window_loss / window_own,
+                        lr,
+                        window_tokens / (now - window_start),
+                        clock.elapsed(),
+                        c.tokens / n_epoch_tokens,
+                        quiet,
+                    )
+                window_tokens, window_loss, window_own, window_start = 0, 0.0, 0, now
+            if world.main and snapshots.due(clock.elapsed()):  # for learning curves by wall clock
                 minute = int(clock.elapsed() // 60)
                 save_model(
                     run.out_dir / f"min-{minute:03d}.nmt",
@@ -285,16 +371,17 @@ def _loop(
                 )
             if c.step % cfg.valid_every == 0:
                 began = time.time()
-                _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet)
+                _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, world)
                 saved_step, reserve = c.step, time.time() - began
                 window_start += reserve  # tokens/s leaves validation out
         else:
             c.epoch, c.batch_in_epoch = c.epoch + 1, 0
-    if c.step != saved_step or not (run.out_dir / "model.nmt").exists():
+    if c.step != saved_step or not distributed.from_main(world, (run.out_dir / "model.nmt").exists()):
         # a stop between two validations: validate (unless interrupted: then save at once) for the
         # report and model.nmt, not for the schedule's counters
-        extra = "off" if interrupt and interrupt() else "extra"
-        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, extra)
+        interrupted, _ = _decided(world, interrupt, "", 0.0)
+        extra = "off" if interrupted else "extra"
+        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, world, extra)
     best = c.kept_bleu if c.kept_bleu >= 0 else None
     return TrainSummary(
         c.step,
@@ -306,6 +393,17 @@ def _loop(
         stopped,
         run.out_dir / "model.nmt",
     )
+
+
+def _decided(world: World, interrupt: Callable[[], str] | None, reason: str, lr: float) -> tuple[str, float]:
+    """Why to stop ("" to go on) and the next update's learning rate, the same on every rank, so that
+    all leave at the same step: a signal to any rank stops them all; otherwise rank 0's reason (its
+    clock) and rate count. One process: its own."""
+    asked = interrupt() if interrupt else ""
+    votes = distributed.gather(world, (asked, reason, lr))
+    asked = next((a for a, _, _ in votes if a), "")
+    _, reason, lr = votes[0]
+    return asked or reason, lr
 
 
 class _Snapshots:
@@ -327,16 +425,43 @@ class _Snapshots:
 
 
 def train_step(
-    model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainConfig, lr: float
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: TrainConfig,
+    lr: float,
+    engine: Engine | None = None,
+    n_tokens: int | None = None,
 ) -> float:
-    """One update at learning rate lr; returns the batch's loss per target token."""
+    """One update at learning rate lr; returns the batch's loss per target token.
+
+    The gradient is that of the summed loss over n_tokens, the update's target tokens on all ranks
+    (this batch's alone in one process). Under DDP, which averages gradients over ranks, each rank's
+    loss is scaled by world_size / n_tokens so that the average is that gradient."""
+    engine = engine or Engine()
+    batch = batch.to(engine.device)
+    n_tokens = n_tokens or batch.n_tokens
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss = backward(model, batch, cfg.label_smoothing)
+    if engine.ddp is None and engine.scaler is None and cfg.precision == "fp32":
+        loss = backward(model, batch, cfg.label_smoothing)  # the CPU path's written-out backward, if any
+    else:
+        # through autograd alone, so DDP's hooks see every gradient (the CPU path's output layer sets .grad)
+        with autocast(cfg.precision, engine.device):
+            summed = token_loss(model, batch, cfg.label_smoothing, forward=engine.ddp)
+        scaled = summed * (engine.world.world_size / n_tokens)
+        (engine.scaler.scale(scaled) if engine.scaler else scaled).backward()
+        loss = summed.item()
+    if engine.scaler:
+        engine.scaler.unscale_(optimizer)
     if cfg.clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-    optimizer.step()
+    if engine.scaler:
+        engine.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        engine.scaler.update()
+    else:
+        optimizer.step()
     return loss / batch.n_tokens
 
 
@@ -351,13 +476,37 @@ def _checkpoint(
     clock: _Clock,
     n_epoch_tokens: int,
     quiet: bool,
+    world: World,
     validation: str = "scheduled",
 ) -> None:
     """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state.
 
     validation: "scheduled" (every valid_every steps: moves patience and plateau), "extra" (at a stop
     between two: may only replace model.nmt) or "off" (a signal: save at once; model.nmt only if none).
+    Under torchrun rank 0 does this while the others wait for its counters (best BLEU, patience, the
+    plateau scale), which every rank needs for the same learning rate and stop decision.
     """
+    if world.main:
+        _validate_and_save(
+            run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, validation
+        )
+    for name, value in distributed.from_main(world, asdict(c)).items():
+        setattr(c, name, value)
+
+
+def _validate_and_save(
+    run: Run,
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    c: Counters,
+    dev: list[Example],
+    refs: list[str] | None,
+    info: dict,
+    clock: _Clock,
+    n_epoch_tokens: int,
+    quiet: bool,
+    validation: str,
+) -> None:
     v = validate(model, dev, run.subword, refs) if dev and validation != "off" else None
     if dev and v is None:
         improved = not (run.out_dir / "model.nmt").exists()
@@ -372,4 +521,6 @@ def _checkpoint(
             dev_loss=round(v.loss, 4), dev_ppl=round(v.ppl, 2), dev_bleu=v.bleu, bleu_signature=v.signature
         )
         record_validation(run.out_dir, c, v, improved, c.wall, quiet)
-    save_run(run.out_dir, model, optimizer, run.subword, c, facts, improved, run.train_cfg)
+    save_run(
+        run.out_dir, model, optimizer, run.subword, c, facts, improved, run.train_cfg, info["world_size"]
+    )

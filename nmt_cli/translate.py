@@ -13,7 +13,7 @@ from nmt_cli.checkpoint import LoadedModel
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import ShortlistSetting, decode_ids, length_sorted_chunks, pad_batch
 from nmt_cli.errors import ConfigError
-from nmt_cli.model import Seq2Seq
+from nmt_cli.model import Seq2Seq, device_of
 from nmt_cli.search import Hypothesis
 from nmt_cli.shortlist import LexicalTable, OutputRows
 from nmt_cli.subword import BOS, EOS
@@ -182,9 +182,10 @@ def force_decode(
     assert all(src_ids), "empty sources are skipped by the caller"
     results: list[list[float]] = [[] for _ in src_ids]
     for chunk in length_sorted_chunks([len(s) for s in src_ids], batch_size):
-        src, src_lengths = pad_batch([src_ids[i] for i in chunk])
-        tgt_in, _ = pad_batch([[BOS, *tgt_ids[i]] for i in chunk])
-        tgt_out, _ = pad_batch([[*tgt_ids[i], EOS] for i in chunk])
+        device = device_of(model)
+        src, src_lengths = pad_batch([src_ids[i] for i in chunk], device)
+        tgt_in, _ = pad_batch([[BOS, *tgt_ids[i]] for i in chunk], device)
+        tgt_out, _ = pad_batch([[*tgt_ids[i], EOS] for i in chunk], device)
         hidden = model.teacher_force(src, src_lengths, tgt_in).hidden  # (B, T+1, H)
         # one step at a time through the output layer: (B, V) at once instead of (B, T+1, V)
         picked = [

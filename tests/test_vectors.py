@@ -15,6 +15,7 @@ from nmt_cli.config import SubwordConfig, TrainConfig
 from nmt_cli.data import load_parallel
 from nmt_cli.errors import ConfigError, InputError
 from nmt_cli.model import build_model
+from nmt_cli.run_files import record_vectors
 from nmt_cli.subword import Subword, train_spm
 from nmt_cli.textio import read_jsonl
 from nmt_cli.train import Run, fit, load_vectors
@@ -109,7 +110,8 @@ def test_covered_rows_equal_the_files_vectors_at_step_0(tmp_path, corpus, subwor
     plain = build_model(cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
-    load_vectors(model, run, train)
+    for side in load_vectors(model, run, train):
+        record_vectors(tmp_path, *side, frozen=False)
     table, pieces = file_vectors(VECTOR_FILE), subword.id_to_piece(range(subword.vocab_size))
     src = model.encoder.embedding.weight
     covered = 0
@@ -147,6 +149,8 @@ def test_cli_frozen_vectors_survive_training_and_resume_does_not_reread(tmp_path
     stderr = " ".join(result.stderr.split())  # rich wraps long log lines
     assert "src vectors" in stderr and "pieces covered" in stderr and "most frequent uncovered" in stderr
     assert "pieces covered" not in result.stdout
+    (record,) = [r for r in read_jsonl(out / "log.jsonl") if r["kind"] == "vectors"]
+    assert record["side"] == "src" and record["frozen"] is True
     loaded = load_model(out / "last.nmt")
     assert json.loads(loaded.info["train_config"])["freeze_embeddings"] is True
     found = read_vectors(vectors, loaded.subword.id_to_piece(range(loaded.subword.vocab_size)), 16)
@@ -186,8 +190,7 @@ def test_one_file_serves_a_shared_embedding_and_counts_both_sides(tmp_path, corp
     run = Run(corpus, subword, cfg, TrainConfig(tgt_vectors=str(VECTOR_FILE), max_steps=1), tmp_path)
     train, report = load_parallel(corpus.train_src, corpus.train_tgt, subword, 100)
     model = build_model(cfg)
-    load_vectors(model, run, train)
-    (record,) = read_jsonl(tmp_path / "log.jsonl")
-    assert record["side"] == "shared"
-    assert record["total_tokens"] == report.src_tokens + report.tgt_tokens
+    ((side, path, _, cov),) = load_vectors(model, run, train)
+    assert (side, path) == ("shared", str(VECTOR_FILE))
+    assert cov.total_tokens == report.src_tokens + report.tgt_tokens
     assert model.encoder.embedding.weight is model.tgt_embedding.weight
