@@ -16,17 +16,21 @@ import statistics
 import time
 from pathlib import Path
 
-try:  # as translate sets the process up, before torch starts
+import nmt_cli  # noqa: E402
+
+# the layout of the revision on PYTHONPATH (the working tree's editable install would also answer for
+# nmt_cli.cpu, so look for the folder): set the process up as that revision's translate did
+if (Path(nmt_cli.__file__).parent / "cpu").is_dir():
     from nmt_cli.cpu.process import settings_for_decoding
-except ImportError:  # a revision from before nmt_cli.cpu: what its translate did
+
+    settings_for_decoding()
+else:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nmt_cli import gemm
     from nmt_cli.cmd_translate import _one_malloc_arena
 
     _one_malloc_arena()
     gemm.set_cache_capacity(gemm.DECODING_CACHE)
-else:
-    settings_for_decoding()
 
 from nmt_cli.checkpoint import load_model  # noqa: E402
 from nmt_cli.config import DecodeConfig  # noqa: E402

@@ -179,3 +179,31 @@ def test_a_private_op_that_disagrees_on_first_call_is_replaced_by_the_public_one
     assert torch.equal(failing(x, x), public(x, x)) and not failing.available
     right = _Checked("right", lambda a, b: b + a, public, tol=1e-6)
     assert torch.equal(right(x, x), public(x, x)) and right.trusted
+
+
+def test_a_private_op_whose_sums_run_in_another_order_is_trusted_on_long_products():
+    # a 2048-long sum in another order differs from the public result in its last bits, far more than an
+    # absolute 1e-4 on values of size 45; only a kernel that is off entirely may be refused
+    import torch.nn.functional as F
+
+    from nmt_cli.cpu.private import _Checked, _onednn_linear_public
+
+    def reordered(x, weight, bias, *_):
+        return F.linear(x.double(), weight.double(), None).float()
+
+    checked = _Checked("reordered", reordered, _onednn_linear_public, tol=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(256, 2048, generator=gen), torch.randn(512, 2048, generator=gen)
+    assert not torch.allclose(reordered(x, weight, None), F.linear(x, weight), rtol=0, atol=1e-6)
+    checked(x, weight, None, "none", [], "")
+    assert checked.trusted and checked.op is reordered
+
+
+def test_the_onednn_op_is_trusted_after_a_large_product():
+    from nmt_cli.cpu import gemm, private
+
+    if not private.onednn_linear.available:
+        pytest.skip("this torch build has no oneDNN linear op")
+    a, b = torch.randn(1024, 2048), torch.randn(2048, 1024)
+    assert torch.allclose(gemm.mm(a, b), a @ b, rtol=1e-3, atol=1e-2)
+    assert private.onednn_linear.available and gemm.backend() == "onednn"
