@@ -41,13 +41,13 @@ def merged_configs(
     subword_flags: dict[str, Any],
 ) -> tuple[Any, Any, Any]:
     """Defaults < preset < config file < flags, as frozen, validated configs."""
-    from nmt_cli.config import ModelConfig, SubwordConfig, TrainConfig, from_dict, preset
+    from nmt_cli.config import ModelConfig, SubwordConfig, TrainConfig, from_dict, migrate_model_keys, preset
 
     raw = read_toml(config_file) if config_file else {}
     name = preset_name or raw.get("preset")
     model, train = preset(name) if name else ({}, {})
-    layers = [
-        (model, raw.get("model", {}), model_flags),
+    layers = [  # each model layer's old `bridge` made decoder_init first, so that a later layer overrides it
+        tuple(migrate_model_keys(x) for x in (model, raw.get("model", {}), model_flags)),
         (train, raw.get("train", {}), train_flags),
         ({}, raw.get("subword", {}), subword_flags),
     ]
@@ -93,7 +93,12 @@ def train(
     bidirectional: bool | None = typer.Option(None, "--bidirectional/--unidirectional"),
     decoder_hidden: int | None = typer.Option(None),
     decoder_layers: int | None = typer.Option(None),
-    bridge: bool | None = typer.Option(None, "--bridge/--no-bridge"),
+    decoder_init: str | None = typer.Option(
+        None, help="Decoder's initial state: zero, last (the encoder's final states) or bridge."
+    ),
+    bridge: bool | None = typer.Option(
+        None, "--bridge/--no-bridge", help="Same as --decoder-init bridge / zero.", hidden=True
+    ),
     dropout: float | None = typer.Option(None),
     tie_embeddings: bool | None = typer.Option(None, "--tie-embeddings/--no-tie-embeddings"),
     share_embeddings: bool | None = typer.Option(None, "--share-embeddings/--no-share-embeddings"),
@@ -158,6 +163,7 @@ def train(
         bidirectional=bidirectional,
         decoder_hidden=decoder_hidden,
         decoder_layers=decoder_layers,
+        decoder_init=decoder_init,
         bridge=bridge,
         dropout=dropout,
         tie_embeddings=tie_embeddings,

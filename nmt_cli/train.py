@@ -333,7 +333,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss = backward(model, batch, cfg.label_smoothing)
+    loss = backward(model, batch, cfg.label_smoothing, cfg.normalization)
     if cfg.clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
     optimizer.step()
