@@ -315,12 +315,16 @@ def bench_train(
         None, help="Padded positions per batch on its longer side (source, or target + EOS)."
     ),
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
+    profile: bool = typer.Option(
+        False, "--profile", help="Then profile a few updates: where their time goes, as a table."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Training throughput of a preset as a fraction of this machine's measured matmul rate."""
     import json
     from dataclasses import replace
 
+    from nmt_cli.benchmark import PROFILE_STEPS
     from nmt_cli.benchmark import bench_train as run_bench
     from nmt_cli.config import SubwordConfig
     from nmt_cli.console import console, setup_logging
@@ -345,9 +349,10 @@ def bench_train(
     examples, _ = load_parallel(src, tgt, sub, train_cfg.max_len)
     model_cfg = replace(model_cfg, vocab_size=sub.vocab_size)
     console.print(f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out")
-    r = run_bench(examples, model_cfg, train_cfg, steps, skip)
+    r = run_bench(examples, model_cfg, train_cfg, steps, skip, PROFILE_STEPS if profile else 0)
     result = dict(
         r._asdict(),
+        costs=[c._asdict() for c in r.costs],
         preset=preset,
         corpus=str(src),
         input_feeding=model_cfg.input_feeding,
@@ -369,3 +374,29 @@ def bench_train(
         f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\nkernels\t{r.kernels}"
         f"  ({'NMT_PLAIN=1 runs the plain model' if r.kernels == 'cpu' else 'the plain model'})\n"
     )
+    if r.costs:
+        _cost_table(r.costs)
+
+
+def _cost_table(costs: tuple[Any, ...]) -> None:
+    """Where a profiled update's time went, as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nmt_cli.benchmark import PROFILE_STEPS
+
+    title = (
+        f"where an update's time goes: {PROFILE_STEPS} updates under torch.profiler (slower; read the shares)"
+    )
+    table = Table(title=title, title_justify="left", box=None)
+    for name, justify in (
+        ("cost centre", "left"),
+        ("ms/update", "right"),
+        ("share", "right"),
+        ("largest", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in costs:
+        largest = ", ".join(f"{op} {100 * part:.0f} %" for op, part in c.largest)
+        table.add_row(c.name, f"{c.ms_per_update:.1f}", f"{100 * c.share:.1f} %", largest)
+    Console(file=sys.stdout, width=160).print(table)
