@@ -8,7 +8,8 @@
 #
 # Environment: NMT_DATA (Multi30k, default ../shared/data/multi30k), THREADS (OMP_NUM_THREADS, 2),
 # REPEATS (decoding runs per configuration, interleaved, medians reported; 3), CURVE_EVERY (both tools keep
-# a checkpoint every N updates and the table shows greedy test BLEU of each at equal updates; 100; 0: none),
+# a checkpoint every N updates, a multiple of ONMT_SAVE, and the table shows greedy test BLEU of each at
+# equal updates; 100; 0: none),
 # ONMT_SAVE (OpenNMT-py's checkpoint interval in updates, 25: it has no wall-clock stop, so it runs under
 # `timeout` and its last saved checkpoint is scored, up to ONMT_SAVE updates before the end),
 # ONMT_VENV (its virtual environment, built here once and reused: default runs/onmt-3.5.1),
@@ -16,7 +17,8 @@
 #
 # OpenNMT-py pins torch<2.3, so its venv gets our torch first (the version .venv has), then opennmt-py
 # without dependencies, then its runtime dependencies (BENCHMARKS-PEERS.md §5; pip warns about torch).
-# Both train on pieces of one joint SentencePiece model (unigram 8k, coverage 1.0) made by `nmt prepare`.
+# Both train on pieces of one joint SentencePiece model (unigram 8k, coverage 1.0) made by `nmt prepare`,
+# which also encodes nmt's store; OpenNMT-py's piece files are written beside it.
 # Training throughput: real target tokens per second of the report windows starting 60 s or more into
 # training, and over the whole process (/usr/bin/time). Decoding: whole process = 1000 / wall clock of
 # /usr/bin/time; decode only = 1000 / each tool's own timer. Not part of `make test`.
@@ -39,6 +41,10 @@ for f in train.de train.en val.de val.en test_2016_flickr.de test_2016_flickr.en
     [ -f "$DATA/$f" ] || { echo "peers.sh: no $DATA/$f (set NMT_DATA)" >&2; exit 1; }
 done
 [ -x "$NMT" ] || { echo "peers.sh: no $NMT: run make install first" >&2; exit 1; }
+if [ "$CURVE_EVERY" -gt 0 ] && [ $((CURVE_EVERY % ONMT_SAVE)) -ne 0 ]; then
+    echo "peers.sh: CURVE_EVERY ($CURVE_EVERY) must be a multiple of ONMT_SAVE ($ONMT_SAVE)" >&2
+    exit 1
+fi
 mkdir -p "$OUT/spm" "$OUT/nmt" "$OUT/onmt/data" "$OUT/decode"
 log() { echo "peers.sh: $*" >&2; }
 
@@ -66,7 +72,7 @@ fi
 uptime > "$OUT/load.txt"
 matmul "$OUT/matmul.before.json"
 
-# --- one joint SentencePiece model; OpenNMT-py reads its pieces --------------------------------------
+# --- one joint SentencePiece model; both read the corpus as its pieces, encoded before the clock starts --
 "$NMT" prepare --src "$DATA/train.de" --tgt "$DATA/train.en" --vocab-size 8000 -o "$OUT/spm" \
     > "$OUT/spm/prepare.txt" 2> "$OUT/spm/prepare.log"
 "$OPY" - "$OUT/spm/spm.model" "$DATA" "$OUT/onmt/data" <<'PY'
@@ -85,8 +91,7 @@ PY
 nmt_curve=()
 [ "$CURVE_EVERY" -gt 0 ] && nmt_curve=(--valid-every "$CURVE_EVERY" --valid-max-sentences 100 --keep-last 100000)
 log "nmt: training base-rnn for $MINUTES min"
-/usr/bin/time -v -o "$OUT/nmt/train.time" "$NMT" train --preset base-rnn \
-    --src "$DATA/train.de" --tgt "$DATA/train.en" --spm "$OUT/spm/spm.model" \
+/usr/bin/time -v -o "$OUT/nmt/train.time" "$NMT" train --preset base-rnn --data "$OUT/spm" \
     --dev-src "$DATA/val.de" --dev-tgt "$DATA/val.en" --time-budget "${MINUTES}m" --log-every 10 \
     "${nmt_curve[@]}" --overwrite -o "$OUT/nmt/run" > "$OUT/nmt/train.out" 2> "$OUT/nmt/train.log"
 
