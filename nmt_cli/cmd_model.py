@@ -72,7 +72,8 @@ def _info_text(r: dict[str, Any]) -> str:
         rows.append(("dev BLEU", f"{i['dev_bleu']:.2f} ({where}) BLEU|{i.get('bleu_signature', '')}"))
     if "dev_loss" in i:
         rows.append(("dev loss", f"{i['dev_loss']} per token (ppl {i.get('dev_ppl')})"))
-    for k, (side, d) in enumerate(i.get("data", {}).items()):
+    files = {side: d for side, d in i.get("data", {}).items() if isinstance(d, dict)}  # not a store's lines
+    for k, (side, d) in enumerate(files.items()):
         rows.append(
             ("data" if k == 0 else "", f"{side} {d['path']}: {d['lines']} lines, sha256 {d['sha256']}")
         )
