@@ -67,7 +67,7 @@ if [ ! -x "$ONMT_VENV/bin/onmt_train" ]; then
         spacy flask pyahocorasick pyyaml rapidfuzz sacrebleu six tensorboard sentencepiece
     echo $((SECONDS - began)) > "$ONMT_VENV/setup-seconds"
 fi
-"$OPY" -c 'import onmt, torch; print(onmt.__version__, torch.__version__)' > "$OUT/onmt/versions"
+"$OPY" -c 'import onmt, torch; print(onmt.__version__, torch.__version__)' > "$OUT/onmt/versions" 2> /dev/null
 
 uptime > "$OUT/load.txt"
 matmul "$OUT/matmul.before.json"
@@ -89,7 +89,10 @@ PY
 
 # --- training, one after the other, MINUTES each from process start ----------------------------------
 nmt_curve=()
-[ "$CURVE_EVERY" -gt 0 ] && nmt_curve=(--valid-every "$CURVE_EVERY" --valid-max-sentences 100 --keep-last 100000)
+if [ "$CURVE_EVERY" -gt 0 ]; then  # a step-N.nmt at each validation, on 100 dev lines to keep them short
+    printf '[train]\nvalid_max_sentences = 100\n' > "$OUT/nmt/curve.toml"
+    nmt_curve=(--config "$OUT/nmt/curve.toml" --valid-every "$CURVE_EVERY" --keep-last 100000)
+fi
 log "nmt: training base-rnn for $MINUTES min"
 /usr/bin/time -v -o "$OUT/nmt/train.time" "$NMT" train --preset base-rnn --data "$OUT/spm" \
     --dev-src "$DATA/val.de" --dev-tgt "$DATA/val.en" --time-budget "${MINUTES}m" --log-every 10 \

@@ -51,11 +51,12 @@ def nmt_training(out: Path) -> dict[str, float]:
 
 
 def onmt_training(out: Path) -> dict[str, float]:
-    """The same from OpenNMT-py's report lines: tokens of a window = mean target tokens per batch x its
-    updates, its time = those tokens / its target tok/s."""
+    """The same from OpenNMT-py's report lines (train.out): tokens of a window = mean target tokens per
+    batch x its updates, its time = those tokens / its target tok/s. `timeout` ends it, so the updates after
+    its last report (fewer than report_every) are not counted."""
     reports = [
         (int(m[1]), int(m[2]), int(m[3]), int(m[4]))
-        for m in ONMT_REPORT.finditer((out / "onmt/run/train.log").read_text())
+        for m in ONMT_REPORT.finditer((out / "onmt/train.out").read_text())
     ]
     steps = [(0, 0, 0, 0), *reports]
     windows = [(a, b) for a, b in zip(steps, steps[1:], strict=False)]
@@ -118,6 +119,9 @@ def mflop_per_token(out: Path) -> float:
 
 
 def row(name: str, ours: float, theirs: float, digits: int = 0, diff: bool = False) -> str:
+    """A table row; a steady figure is 0 where no report window started 60 s into training: "–"."""
+    if not (ours or theirs):
+        return f"| {name} | – | – | – |"
     relation = f"{ours - theirs:+.2f}" if diff else (f"{ours / theirs:.2f}×" if theirs else "–")
     return f"| {name} | {ours:,.{digits}f} | {theirs:,.{digits}f} | {relation} |"
 
@@ -149,7 +153,9 @@ def main(out: Path, minutes: str) -> None:
     )
     print("| | nmt base-rnn | OpenNMT-py 3.5.1 | nmt / OpenNMT-py |")
     print("|---|---|---|---|")
-    print(row("updates", ours["updates"], theirs["updates"]))
+    print(row("updates (the last logged)", ours["updates"], theirs["updates"]))
+    scored = int((out / "onmt/last-step").read_text())
+    print(row("update of the scored checkpoint", ours["updates"], scored))
     print(
         row(
             "real target tokens per update",
