@@ -488,7 +488,7 @@ def encoder_lstm(args: argparse.Namespace) -> None:
     rnn = torch.nn.LSTM(256, 256, batch_first=True)
     for rows, length in ((225, 13), (100, 30)):
         x = torch.randn(rows, length, 256, requires_grad=True)
-        runs = (("nn.LSTM", lambda x=x: rnn(x)[0]), ("lstm_sequence", lambda x=x: lstm_sequence(rnn, x)))
+        runs = (("nn.LSTM", lambda x=x: rnn(x)[0]), ("lstm_sequence", lambda x=x: lstm_sequence(rnn, x)[0]))
         for name, run in runs:
             for _ in range(2):
                 run().sum().backward()

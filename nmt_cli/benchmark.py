@@ -1,18 +1,49 @@
-"""Training throughput against the machine's own limit: tokens/s, matmul rate, FLOPs per token, RSS."""
+"""Training throughput against the machine's own limit: tokens/s, matmul rate, FLOPs per token, RSS; and
+where an update's time goes (torch.profiler's ops summed into a few cost centres)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
-from typing import NamedTuple
+from collections import Counter
+from typing import Any, NamedTuple
 
 import torch
 
 from nmt_cli import cpu
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import Example, collate, padding_fraction, token_batches
-from nmt_cli.train import Place, build_optimizer, place_model, train_step
+from nmt_cli.train import Engine, Place, build_optimizer, place_model, train_step
+
+
+class CostCentre(NamedTuple):
+    name: str  # one of BUCKETS
+    ms_per_update: float
+    share: float  # of the profiled updates' wall time
+    largest: tuple[tuple[str, float], ...]  # the bucket's largest ops or scopes, each with its share of it
+
+
+# What an update spends its time on. products: the matrix products, and the fused RNN kernels, which are
+# mostly products; elementwise: every other tensor op (activations, softmax and loss, copies,
+# concatenation, indexing); optimizer: Adam's step and the gradient clipping; data: making the batch's
+# tensors; other: what no op accounts for (Python, autograd's engine, the profiler itself).
+BUCKETS = ("products", "elementwise", "optimizer", "data", "other")
+PRODUCTS = {
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "addbmm",
+    "matmul",
+    "linear",
+    "_linear_pointwise",
+    "linear_dynamic",
+}
+RNN_KERNELS = ("mkldnn_rnn", "lstm", "gru", "rnn_tanh")  # op names starting so: whole fused layers or cells
+DATA_SCOPE = "nmt::data"
+PROFILE_STEPS = 5
 
 
 class TrainBench(NamedTuple):
@@ -34,6 +65,7 @@ class TrainBench(NamedTuple):
     kernels: str  # "cpu" with the CPU swaps, "plain" without (NMT_PLAIN=1, another device, bf16/fp16)
     device: str
     precision: str
+    costs: tuple[CostCentre, ...] = ()  # where a profiled update's time went, with profile_steps
 
 
 def matmul_rate(size: int = 2048, runs: int = 5, calls: int = 10, product=torch.mm) -> float:  # noqa: ANN001
@@ -98,8 +130,10 @@ def bench_train(
     steps: int,
     skip: int,
     device: torch.device = torch.device("cpu"),
+    profile_steps: int = 0,
 ) -> TrainBench:
-    """Train `steps` real updates on length-bucketed batches; time the ones after the first `skip`."""
+    """Train `steps` real updates on length-bucketed batches; time the ones after the first `skip`; then
+    profile `profile_steps` more (costs), which leaves the timed figures as they were."""
     torch.manual_seed(train_cfg.seed)
     model, kernels, engine = place_model(model_cfg, train_cfg, Place(device))
     model.train()
@@ -118,6 +152,7 @@ def bench_train(
         tokens, steady_tokens = tokens + batch.n_tokens, steady_tokens + batch.n_tokens
     _synchronize(device)
     end = time.perf_counter()
+    costs = profile_updates(model, optimizer, examples, batches[:profile_steps], train_cfg, engine)
     after = matmul_rate()
     src_per_tgt = sum(len(e.src) for e in examples) / sum(len(e.tgt) + 1 for e in examples)
     mflop = 3 * 2 * forward_macs_per_token(model_cfg, src_per_tgt) / 1e6
@@ -143,6 +178,76 @@ def bench_train(
         kernels,
         str(device),
         train_cfg.precision,
+        costs,
+    )
+
+
+def profile_updates(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    examples: list[Example],
+    batches: list[list[int]],
+    cfg: TrainConfig,
+    engine: Engine | None = None,
+) -> tuple[CostCentre, ...]:
+    """Updates on `batches` under torch.profiler -> their time in BUCKETS order; () for no batches."""
+    if not batches:
+        return ()
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else the profiler logs its start and stop on stderr
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        began = time.perf_counter()
+        for indices in batches:
+            with record_function(DATA_SCOPE):
+                batch = collate([examples[j] for j in indices])
+            train_step(model, optimizer, batch, cfg, cfg.lr, engine)
+        wall_us = (time.perf_counter() - began) * 1e6
+    return cost_centres(prof.events(), wall_us, len(batches))
+
+
+def _scope(event: Any) -> str | None:  # noqa: ANN401 - a profiler FunctionEvent
+    """ "data" or "optimizer" where the event is, or runs inside, the batch's making or an optimizer call."""
+    while event is not None:
+        if event.name == DATA_SCOPE:
+            return "data"
+        if event.name.startswith("Optimizer."):  # torch.optim's own scopes: Optimizer.step#Adam.step
+            return "optimizer"
+        event = event.cpu_parent
+    return None
+
+
+def _bucket(name: str) -> str | None:
+    """An op's bucket by its name; None for scopes and autograd's wrappers, whose own time is "other"."""
+    space, _, op = name.partition("::")
+    if not op or space == "autograd":
+        return None
+    if op.startswith(("_foreach_", "_fused_adam")):  # clipping's norms and scaling; Adam outside its scope
+        return "optimizer"
+    return "products" if op in PRODUCTS or op.lstrip("_").startswith(RNN_KERNELS) else "elementwise"
+
+
+def cost_centres(events: list[Any], wall_us: float, updates: int) -> tuple[CostCentre, ...]:
+    """Profiler events (times in µs) of `updates` updates that took wall_us -> one CostCentre per bucket.
+
+    Each op counts its own time only (not its children's), so nothing is counted twice; a scope (the data
+    or an optimizer call) counts whole, all the ops inside it included."""
+    spent: dict[str, float] = dict.fromkeys(BUCKETS, 0.0)
+    parts: dict[str, Counter[str]] = {b: Counter() for b in BUCKETS}
+    for event in events:
+        bucket = _scope(event) or _bucket(event.name)
+        if bucket is not None:
+            spent[bucket] += event.self_cpu_time_total
+            parts[bucket][event.name] += event.self_cpu_time_total
+    spent["other"] = max(wall_us - sum(spent.values()), 0.0)
+    return tuple(
+        CostCentre(
+            name,
+            spent[name] / updates / 1e3,
+            spent[name] / wall_us,
+            tuple((op, us / spent[name]) for op, us in parts[name].most_common(2) if spent[name] > 0),
+        )
+        for name in BUCKETS
     )
 
 

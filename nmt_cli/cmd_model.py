@@ -53,7 +53,7 @@ def _info_text(r: dict[str, Any]) -> str:
             f"{c.get('decoder_cell', 'lstm').upper()} decoder {c['decoder_layers']}x{c['decoder_hidden']}, "
             f"{c['attention']} attention, "
             f"embeddings {c['emb_size']}, input feeding {_on(c['input_feeding'])}, "
-            f"bridge {_on(c['bridge'])}, dropout {c['dropout']}",
+            f"decoder init {c['decoder_init']}, dropout {c['dropout']}",
         ),
         ("parameters", f"{i['parameters']:,}" if "parameters" in i else "?"),
         ("vocabulary", f"{c['vocab_size']} subwords, one joint SentencePiece model"),

@@ -48,13 +48,13 @@ def merged_configs(
     subword_flags: dict[str, Any],
 ) -> tuple[Any, Any, Any]:
     """Defaults < preset < config file < flags, as frozen, validated configs."""
-    from nmt_cli.config import ModelConfig, SubwordConfig, TrainConfig, from_dict, preset
+    from nmt_cli.config import ModelConfig, SubwordConfig, TrainConfig, from_dict, migrate_model_keys, preset
 
     raw = read_toml(config_file) if config_file else {}
     name = preset_name or raw.get("preset")
     model, train = preset(name) if name else ({}, {})
-    layers = [
-        (model, raw.get("model", {}), model_flags),
+    layers = [  # each model layer's old `bridge` made decoder_init first, so that a later layer overrides it
+        tuple(migrate_model_keys(x) for x in (model, raw.get("model", {}), model_flags)),
         (train, raw.get("train", {}), train_flags),
         ({}, raw.get("subword", {}), subword_flags),
     ]
@@ -100,7 +100,12 @@ def train(
     bidirectional: bool | None = typer.Option(None, "--bidirectional/--unidirectional"),
     decoder_hidden: int | None = typer.Option(None),
     decoder_layers: int | None = typer.Option(None),
-    bridge: bool | None = typer.Option(None, "--bridge/--no-bridge"),
+    decoder_init: str | None = typer.Option(
+        None, help="Decoder's initial state: zero, last (the encoder's final states) or bridge."
+    ),
+    bridge: bool | None = typer.Option(
+        None, "--bridge/--no-bridge", help="Same as --decoder-init bridge / zero.", hidden=True
+    ),
     dropout: float | None = typer.Option(None),
     tie_embeddings: bool | None = typer.Option(None, "--tie-embeddings/--no-tie-embeddings"),
     share_embeddings: bool | None = typer.Option(None, "--share-embeddings/--no-share-embeddings"),
@@ -185,6 +190,7 @@ def train(
         bidirectional=bidirectional,
         decoder_hidden=decoder_hidden,
         decoder_layers=decoder_layers,
+        decoder_init=decoder_init,
         bridge=bridge,
         dropout=dropout,
         tie_embeddings=tie_embeddings,
@@ -395,12 +401,16 @@ def bench_train(
     threads: int = typer.Option(0, help="Torch threads (0: OMP_NUM_THREADS or all cores)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str | None = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16."),
+    profile: bool = typer.Option(
+        False, "--profile", help="Then profile a few updates: where their time goes, as a table."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Training throughput of a preset as a fraction of this machine's measured matmul rate."""
     import json
     from dataclasses import replace
 
+    from nmt_cli.benchmark import PROFILE_STEPS
     from nmt_cli.benchmark import bench_train as run_bench
     from nmt_cli.config import SubwordConfig
     from nmt_cli.console import console, setup_logging
@@ -434,9 +444,10 @@ def bench_train(
         f"bench: {preset} on {src} ({len(examples)} pairs), {steps} steps, first {skip} left out, "
         f"{where}, {train_cfg.precision}"
     )
-    r = run_bench(examples, model_cfg, train_cfg, steps, skip, where)
+    r = run_bench(examples, model_cfg, train_cfg, steps, skip, where, PROFILE_STEPS if profile else 0)
     result = dict(
         r._asdict(),
+        costs=[c._asdict() for c in r.costs],
         preset=preset,
         corpus=str(src),
         input_feeding=model_cfg.input_feeding,
@@ -459,3 +470,29 @@ def bench_train(
         f"device\t{r.device}  ({r.precision})\nkernels\t{r.kernels}"
         f"  ({'NMT_PLAIN=1 runs the plain model' if r.kernels == 'cpu' else 'the plain model'})\n"
     )
+    if r.costs:
+        _cost_table(r.costs)
+
+
+def _cost_table(costs: tuple[Any, ...]) -> None:
+    """Where a profiled update's time went, as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nmt_cli.benchmark import PROFILE_STEPS
+
+    title = (
+        f"where an update's time goes: {PROFILE_STEPS} updates under torch.profiler (slower; read the shares)"
+    )
+    table = Table(title=title, title_justify="left", box=None)
+    for name, justify in (
+        ("cost centre", "left"),
+        ("ms/update", "right"),
+        ("share", "right"),
+        ("largest", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in costs:
+        largest = ", ".join(f"{op} {100 * part:.0f} %" for op, part in c.largest)
+        table.add_row(c.name, f"{c.ms_per_update:.1f}", f"{100 * c.share:.1f} %", largest)
+    Console(file=sys.stdout, width=160).print(table)

@@ -11,6 +11,8 @@ from nmt_cli.errors import ConfigError
 
 ATTENTION_TYPES = ("none", "bahdanau", "dot", "general", "scaled-dot")  # none: the fixed-vector seq2seq
 CELL_TYPES = ("rnn", "lstm", "gru")  # rnn: the simple tanh (Elman) RNN
+DECODER_INITS = ("zero", "last", "bridge")  # the decoder's initial state (JoeyNMT's init_hidden)
+LOSS_NORMALIZATIONS = ("tokens", "sents")  # what a batch's summed loss is divided by
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "inverse-sqrt", "cosine", "linear", "plateau")
 SUBWORD_TYPES = ("unigram", "bpe", "char", "word")
@@ -60,8 +62,9 @@ class ModelConfig:
     decoder_layers: int = 1
     attention: str = "general"
     input_feeding: bool = True
-    bridge: bool = True  # initial decoder state from the final encoder state
+    decoder_init: str = "bridge"  # zero; last: the encoder's final states; bridge: tanh(W [those])
     dropout: float = 0.3
+    memory_dropout: bool = True  # dropout on the encoder's outputs too (OpenNMT-py has none there)
     tie_embeddings: bool = False  # decoder input embedding = output projection
     share_embeddings: bool = False  # source embedding = target embedding (joint vocabulary)
 
@@ -72,11 +75,14 @@ class ModelConfig:
         _choice("attention type", self.attention, ATTENTION_TYPES)
         _choice("encoder cell", self.encoder_cell, CELL_TYPES)
         _choice("decoder cell", self.decoder_cell, CELL_TYPES)
-        if self.attention == "none" and not self.bridge:
+        _choice("decoder init", self.decoder_init, DECODER_INITS)
+        if self.attention == "none" and self.decoder_init == "zero":
             raise ConfigError(
-                "attention none needs the bridge: without attention the decoder sees the source only "
-                "through its initial state"
+                "attention none needs decoder_init last or bridge: without attention the decoder sees "
+                "the source only through its initial state"
             )
+        if self.decoder_init == "last":
+            self._check_last()
         _fraction("dropout", self.dropout)
         if self.tie_embeddings and self.emb_size != self.decoder_hidden:
             raise ConfigError(
@@ -89,9 +95,39 @@ class ModelConfig:
                 f"decoder_hidden ({self.decoder_hidden}); use 'general' or 'bahdanau'"
             )
 
+    def _check_last(self) -> None:
+        """decoder_init last hands each encoder layer's final states to the same decoder layer as they are."""
+        if self.memory_size != self.decoder_hidden:
+            raise ConfigError(
+                f"decoder_init last needs the encoder output size ({self.memory_size}: encoder_hidden "
+                f"{self.encoder_hidden} x {2 if self.bidirectional else 1} directions) == decoder_hidden "
+                f"({self.decoder_hidden}); use decoder_init bridge or zero"
+            )
+        if self.encoder_layers != self.decoder_layers:
+            raise ConfigError(
+                f"decoder_init last needs encoder_layers ({self.encoder_layers}) == decoder_layers "
+                f"({self.decoder_layers}); use decoder_init bridge or zero"
+            )
+
     @property
     def memory_size(self) -> int:
         return self.encoder_hidden * (2 if self.bidirectional else 1)
+
+
+def migrate_model_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig keys with the old `bridge` bool (model files, run files, flags) as decoder_init:
+    true -> bridge, false -> zero (what it did); a decoder_init given beside it must agree."""
+    if "bridge" not in raw:
+        return raw
+    rest = {k: v for k, v in raw.items() if k != "bridge"}
+    bridge, given = raw["bridge"], rest.get("decoder_init")
+    if bridge is None:  # a flag not given
+        return rest
+    if not isinstance(bridge, bool):
+        raise ConfigError(f"bridge must be true or false, got {bridge!r}")
+    if given is not None and (given == "bridge") != bridge:
+        raise ConfigError(f"bridge {str(bridge).lower()} contradicts decoder_init {given}")
+    return {**rest, "decoder_init": given if given is not None else "bridge" if bridge else "zero"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +142,7 @@ class TrainConfig:
     plateau_patience: int = 2
     clip_norm: float = 5.0
     label_smoothing: float = 0.0
+    normalization: str = "tokens"  # a batch's summed loss over its target tokens, or its sentences
     batch_tokens: int = 3000  # padded positions per batch on its longer side, source or target + EOS
     max_len: int = 100  # training pairs longer than this (subwords, either side) are skipped
     max_steps: int = 0  # 0: no step limit
@@ -128,6 +165,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("loss normalization", self.normalization, LOSS_NORMALIZATIONS)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         _fraction("label_smoothing", self.label_smoothing)
@@ -204,6 +242,8 @@ class DecodeConfig:
 
 def from_dict(cls: type[C], raw: dict[str, Any]) -> C:
     """Build cls from a dict, refusing unknown keys by listing the valid ones."""
+    if cls is ModelConfig:
+        raw = migrate_model_keys(raw)
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     if unknown := sorted(raw.keys() - set(names)):
         raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid: {', '.join(names)}")
@@ -246,7 +286,8 @@ class DataConfig:
 
 
 # Named recipes: field overrides for (ModelConfig, TrainConfig). base-rnn is the side-by-side protocol
-# model of BENCHMARKS-PEERS.md; toy is sized to learn the embedded corpus in data/ quickly (make demo).
+# model of BENCHMARKS-PEERS.md, as OpenNMT-py 3.5.1 trains it from that config; toy is sized to learn the
+# embedded corpus in data/ quickly (make demo).
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "base-rnn": (
         dict(
@@ -255,10 +296,18 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             decoder_hidden=512,
             attention="general",
             input_feeding=True,
-            bridge=False,
+            decoder_init="last",  # OpenNMT-py with its bridge off
             dropout=0.3,
+            memory_dropout=False,
         ),
-        dict(optimizer="adam", lr=1e-3, clip_norm=5.0, batch_tokens=3000, schedule="constant"),
+        dict(
+            optimizer="adam",
+            lr=1e-3,
+            clip_norm=5.0,
+            normalization="sents",  # OpenNMT-py's default: the clip applies to the per-sentence gradient
+            batch_tokens=3000,
+            schedule="constant",
+        ),
     ),
     "cpu-15min": (
         dict(
@@ -267,7 +316,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             decoder_hidden=512,
             attention="general",
             input_feeding=False,
-            bridge=True,
+            decoder_init="bridge",
             dropout=0.2,
         ),
         dict(
@@ -289,7 +338,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             decoder_hidden=256,
             attention="general",
             input_feeding=False,
-            bridge=True,
+            decoder_init="bridge",
             dropout=0.1,
         ),
         dict(

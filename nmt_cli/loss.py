@@ -49,16 +49,24 @@ def token_loss(
     return total
 
 
-def backward(model: Seq2Seq, batch: Batch, label_smoothing: float) -> float:
-    """Backward of token_loss / n_tokens (the gradients an update uses); -> the summed loss.
+def backward(model: Seq2Seq, batch: Batch, label_smoothing: float, normalization: str = "tokens") -> float:
+    """Backward of token_loss / n_tokens, or with normalization "sents" / the batch's sentences (OpenNMT-py's
+    default, whose gradient the clip then sees), the gradients an update uses; -> the summed loss.
 
     With the CPU swaps installed, the output layer's part is written out (cpu.loss.backward_in_chunks),
     with the same gradients (tested)."""
     if kernels(model) == "cpu":
-        return backward_in_chunks(model, batch, label_smoothing)
-    loss = token_loss(model, batch, label_smoothing)
-    (loss / batch.n_tokens).backward()
-    return loss.item()
+        loss = backward_in_chunks(model, batch, label_smoothing)
+    else:
+        loss_t = token_loss(model, batch, label_smoothing)
+        (loss_t / batch.n_tokens).backward()
+        loss = loss_t.item()
+    if normalization == "sents":  # the same backward, rescaled: one pass over the gradients
+        scale = batch.n_tokens / batch.src.size(0)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    return loss
 
 
 @torch.inference_mode()

@@ -102,12 +102,19 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
     return x.reshape(B * S, -1).index_select(0, flat.view(-1)).view_as(x)
 
 
+class EncoderFinal(NamedTuple):
+    memory: Tensor  # (B, S, M) the top layer's outputs, both directions side by side
+    h: Tensor  # (L, B, M) each layer's states after each sentence's last token, directions side by side
+    c: Tensor  # (L, B, M) the LSTM cell states there, kept for decoder_init last; else (L, B, 0)
+
+
 class Encoder(nn.Module):
     """Embeddings and a (bi)directional, multi-layer RNN, LSTM or GRU over the source.
 
     Each direction of each layer runs over the whole padded batch in one call; the backward direction
     reads each sentence reversed within its length, so padding never enters a real state (packed
-    sequences would do the same, without the fused kernel on CPU).
+    sequences would do the same, without the fused kernel on CPU). The final cell states, which a padded
+    call does not return, are read from a packed call, and only where decoder_init last needs them.
     """
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
@@ -127,29 +134,43 @@ class Encoder(nn.Module):
             for i in range(cfg.encoder_layers)
         )
         self.dropout = nn.Dropout(cfg.dropout)
+        self.memory_dropout = cfg.memory_dropout
+        self.keep_cells = cfg.decoder_init == "last" and cfg.encoder_cell == cfg.decoder_cell == "lstm"
 
-    def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """src (B, S), src_lengths (B,) -> memory (B, S, M), final top-layer state (B, M)."""
+    def forward(self, src: Tensor, src_lengths: Tensor) -> EncoderFinal:
+        """src (B, S), src_lengths (B,) -> memory (B, S, M) and each layer's final states (L, B, M)."""
         x = self.dropout(self.embedding(src))
         last = (src_lengths.to(src.device) - 1).view(-1, 1, 1)
+        hs, cs = [], []
         for i, directions in enumerate(self.layers):
             if i:
                 x = self.dropout(x)  # between layers, as nn.LSTM's dropout argument
-            outputs, finals = [], []
+            outputs, finals, cells = [], [], []
             for d, rnn in enumerate(directions):
-                out = self._run(rnn, reverse_padded(x, src_lengths) if d else x)
+                out, c = self._run(rnn, reverse_padded(x, src_lengths) if d else x, src_lengths)
                 finals.append(out.gather(1, last.expand(-1, 1, out.size(2))).squeeze(1))  # last real token
                 outputs.append(reverse_padded(out, src_lengths) if d else out)
+                cells.append(c if c is not None else out.new_zeros(out.size(0), 0))
             x = torch.cat(outputs, dim=2)
-        return self.dropout(x), torch.cat(finals, dim=1)
+            hs.append(torch.cat(finals, dim=1))
+            cs.append(torch.cat(cells, dim=1))
+        memory = self.dropout(x) if self.memory_dropout else x
+        return EncoderFinal(memory, torch.stack(hs), torch.stack(cs))
 
-    def _run(self, rnn: nn.Module, x: Tensor) -> Tensor:
-        """One direction of one layer over x (B, S, I) -> (B, S, H)."""
-        return rnn(x)[0]
+    def _run(self, rnn: nn.Module, x: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """One direction of one layer over x (B, S, I) -> outputs (B, S, H); with keep_cells also the LSTM
+        cell states after each sentence's last real token (B, H), else None."""
+        if not self.keep_cells:
+            return rnn(x)[0], None
+        lengths = src_lengths.cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, (_, c) = rnn(packed)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0], c[0]
 
 
 class Seq2Seq(nn.Module):
-    """Encoder, bridge, (input-feeding) RNN/LSTM/GRU decoder with global attention or none, output layer."""
+    """Encoder, the decoder's first state, (input-feeding) RNN/LSTM/GRU decoder with global attention or
+    none, output layer."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -164,7 +185,8 @@ class Seq2Seq(nn.Module):
         self.tgt_embedding = tgt_embedding
         H, L = cfg.decoder_hidden, cfg.decoder_layers
         self.states = 2 if cfg.decoder_cell == "lstm" else 1  # h and c, or h alone
-        self.bridge = nn.Linear(cfg.memory_size, self.states * L * H) if cfg.bridge else None
+        bridge = cfg.decoder_init == "bridge"
+        self.bridge = nn.Linear(cfg.memory_size, self.states * L * H) if bridge else None
         feed = H if cfg.input_feeding else 0
         self.decoder_rnn = CELLS[cfg.decoder_cell](
             cfg.emb_size + feed, H, num_layers=L, batch_first=True, dropout=cfg.dropout if L > 1 else 0.0
@@ -194,10 +216,10 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
         """src (B, S) padded with PAD, src_lengths (B,) -> EncoderOutput."""
-        memory, top = self.encoder(src, src_lengths)
-        mask = src != PAD
+        final = self.encoder(src, src_lengths)
+        memory, mask = final.memory, src != PAD
         keys = memory if self.attention is None else self.attention.project_keys(memory)
-        return EncoderOutput(memory, keys, mask, self._initial_state(top))
+        return EncoderOutput(memory, keys, mask, self._initial_state(final))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput) -> StepOutput:
         """prev_tokens (N,) -> logits of the next token (N, V), new state, attention (N, S).
@@ -233,11 +255,19 @@ class Seq2Seq(nn.Module):
 
     # --- internals ----------------------------------------------------------------------------------
 
-    def _initial_state(self, top: Tensor) -> DecoderState:
-        """top (B, M) the encoder's last states -> h0 (and c0) = tanh(W_b top); zeros without the bridge."""
+    def _initial_state(self, final: EncoderFinal) -> DecoderState:
+        """The decoder's first state, by decoder_init: zeros; `last`, each encoder layer's final states as
+        they are, directions side by side (OpenNMT-py without its bridge), and the final cell states where
+        both sides are LSTMs (zeros for an LSTM decoder over another encoder); `bridge`, h0 (and c0) =
+        tanh(W_b top) of the top layer's final states. The input feed starts at zeros."""
+        top = final.h[-1]  # (B, M)
         B, H, L = top.size(0), self.cfg.decoder_hidden, self.cfg.decoder_layers
         feed = top.new_zeros(B, H if self.cfg.input_feeding else 0)
         no_c = top.new_zeros(L, B, 0)
+        if self.cfg.decoder_init == "last":
+            if self.states == 1:
+                return DecoderState(final.h, no_c, feed)
+            return DecoderState(final.h, final.c if final.c.size(2) else torch.zeros_like(final.h), feed)
         if self.bridge is None:
             zeros = top.new_zeros(L, B, H)
             return DecoderState(zeros, zeros if self.states == 2 else no_c, feed)

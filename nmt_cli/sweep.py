@@ -30,7 +30,7 @@ from nmt_cli.train import Run, fit
 log = logging.getLogger(__name__)
 
 ALIASES = {"cell": ("encoder_cell", "decoder_cell")}  # one grid key setting several config fields
-MODEL_KEYS = {f.name: f.type for f in fields(ModelConfig)} | {"cell": "str"}
+MODEL_KEYS = {f.name: f.type for f in fields(ModelConfig)} | {"cell": "str", "bridge": "bool"}
 TRAIN_KEYS = {f.name: f.type for f in fields(TrainConfig)}
 Grid = dict[str, tuple[Any, ...]]  # key -> values, in the order given
 
@@ -122,6 +122,8 @@ def configs(
     """The cell's configs: preset < the spec's fixed overrides < the grid's settings < seed."""
     model_raw, train_raw = dict(preset["model"]), dict(preset["train"])
     for key, value in (*spec.model, *spec.train, *cell.settings):
+        if key == "bridge":  # the old bool, as decoder_init (config.migrate_model_keys)
+            key, value = "decoder_init", "bridge" if value else "zero"
         for name in ALIASES.get(key, (key,)):
             (model_raw if name in MODEL_KEYS else train_raw)[name] = value
     model = from_dict(ModelConfig, {**model_raw, "vocab_size": vocab_size})

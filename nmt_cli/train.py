@@ -341,8 +341,10 @@ def _loop(
                 break
             batch = collate([train[i] for i in batches[c.batch_in_epoch]])
             c.step, c.batch_in_epoch = c.step + 1, c.batch_in_epoch + 1
-            n_tokens = int(distributed.total(world, [batch.n_tokens], engine.device)[0])
-            loss = train_step(model, optimizer, batch, cfg, lr, engine, n_tokens)
+            n_tokens, n_sents = (
+                int(n) for n in distributed.total(world, [batch.n_tokens, batch.src.size(0)], engine.device)
+            )
+            loss = train_step(model, optimizer, batch, cfg, lr, engine, n_tokens, n_sents)
             c.tokens, window_tokens = c.tokens + n_tokens, window_tokens + n_tokens
             # reports show the window's mean, not one batch's swing
             window_loss, window_own = window_loss + loss * batch.n_tokens, window_own + batch.n_tokens
@@ -432,12 +434,14 @@ def train_step(
     lr: float,
     engine: Engine | None = None,
     n_tokens: int | None = None,
+    n_sents: int | None = None,
 ) -> float:
     """One update at learning rate lr; returns the batch's loss per target token.
 
-    The gradient is that of the summed loss over n_tokens, the update's target tokens on all ranks
-    (this batch's alone in one process). Under DDP, which averages gradients over ranks, each rank's
-    loss is scaled by world_size / n_tokens so that the average is that gradient."""
+    The gradient is that of the summed loss over n_tokens, the update's target tokens on all ranks (this
+    batch's alone in one process), or over n_sents, its sentences, with normalization "sents". Under DDP,
+    which averages gradients over ranks, each rank's loss is scaled by world_size over that count so that
+    the average is that gradient."""
     engine = engine or Engine()
     batch = batch.to(engine.device)
     n_tokens = n_tokens or batch.n_tokens
@@ -445,12 +449,14 @@ def train_step(
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     if engine.ddp is None and engine.scaler is None and cfg.precision == "fp32":
-        loss = backward(model, batch, cfg.label_smoothing)  # the CPU path's written-out backward, if any
+        # the CPU path's written-out backward, if any; "sents" rescales by this batch's tokens per sentence
+        loss = backward(model, batch, cfg.label_smoothing, cfg.normalization)
     else:
         # through autograd alone, so DDP's hooks see every gradient (the CPU path's output layer sets .grad)
         with autocast(cfg.precision, engine.device):
             summed = token_loss(model, batch, cfg.label_smoothing, forward=engine.ddp)
-        scaled = summed * (engine.world.world_size / n_tokens)
+        denominator = n_tokens if cfg.normalization == "tokens" else (n_sents or batch.src.size(0))
+        scaled = summed * (engine.world.world_size / denominator)
         (engine.scaler.scale(scaled) if engine.scaler else scaled).backward()
         loss = summed.item()
     if engine.scaler:

@@ -48,3 +48,55 @@ def test_bench_train_reports_a_fraction_of_the_matmul_rate(corpus):
         report["tok_s"] * report["mflop_per_token"] / 1e3 / report["matmul_gflops"], rel=1e-6
     )
     assert 0 <= report["padding"] < 0.2 and report["peak_rss_mb"] > 100
+
+
+class FakeEvent:
+    """What cost_centres reads of a profiler event: name, own time (µs) and parent."""
+
+    def __init__(self, name, self_us, parent=None):
+        self.name, self.self_cpu_time_total, self.cpu_parent = name, self_us, parent
+
+
+def test_cost_centres_count_each_ops_own_time_once_in_its_bucket():
+    from nmt_cli.benchmark import BUCKETS, DATA_SCOPE, cost_centres
+
+    data = FakeEvent(DATA_SCOPE, 100)  # a scope counts whole: 100 + 10 = 110 data
+    step = FakeEvent("Optimizer.step#Adam.step", 20)  # 20 + 80, and clipping's 30: 130 optimizer
+    backward = FakeEvent("autograd::engine::evaluate_function: MmBackward0", 50)  # a wrapper: other
+    linear = FakeEvent("aten::linear", 5)
+    events = [
+        data,
+        FakeEvent("aten::empty", 10, data),
+        step,
+        FakeEvent("aten::_fused_adam_", 80, step),
+        FakeEvent("aten::_foreach_norm", 30),
+        backward,
+        FakeEvent("aten::mm", 200, backward),  # products: 200 + 5 + 300 + 100 = 605
+        linear,
+        FakeEvent("aten::addmm", 300, linear),
+        FakeEvent("aten::mkldnn_rnn_layer", 100),
+        FakeEvent("aten::tanh", 40),  # elementwise 40
+    ]
+    costs = cost_centres(events, wall_us=1000, updates=2)
+    assert [c.name for c in costs] == list(BUCKETS)
+    spent = {c.name: c.ms_per_update * 2 * 1000 for c in costs}  # back to µs over both updates
+    expected = {"products": 605, "elementwise": 40, "optimizer": 130, "data": 110, "other": 115}
+    assert spent == pytest.approx(expected)
+    assert sum(c.share for c in costs) == pytest.approx(1.0)
+    assert costs[0].largest == (
+        ("aten::addmm", pytest.approx(300 / 605)),
+        ("aten::mm", pytest.approx(200 / 605)),
+    )
+
+
+def test_bench_train_profile_prints_where_an_updates_time_goes(corpus):
+    args = ["bench", "train", "--preset", "tiny", "--src", corpus.train_src, "--tgt", corpus.train_tgt]
+    result = CliRunner().invoke(app, [*args, "--steps", "2", "--skip", "1", "--profile"])
+    assert result.exit_code == 0, result.stderr
+    table = result.stdout.split("where an update's time goes", 1)[1].splitlines()
+    rows = {line.split()[0]: line.split() for line in table[2:] if line.strip()}
+    assert list(rows) == ["products", "elementwise", "optimizer", "data", "other"]
+    shares = [float(row[2]) for row in rows.values()]  # "12.3 %" -> 12.3
+    assert sum(shares) == pytest.approx(100, abs=0.5) and all(s >= 0 for s in shares)
+    assert rows["products"][1] != "0.0" and "aten::" in " ".join(rows["products"][4:])
+    assert "aten::_fused_adam_" in " ".join(rows["optimizer"])

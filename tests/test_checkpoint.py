@@ -198,3 +198,27 @@ def test_a_save_that_fails_midway_leaves_the_old_files(tmp_path, subword, monkey
         save_trainer_state(tmp_path / "state.pt", {"step": 2})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
     assert read_info(tmp_path / "m.nmt")[1] == {"step": 1}
+
+
+def test_a_model_file_with_the_old_bridge_key_loads_and_translates_the_same(trained, tmp_path, corpus):
+    # model files from before decoder_init say `"bridge": true` (or false) and have no memory_dropout
+    from nmt_cli.config import DecodeConfig
+    from nmt_cli.decode import decode_ids
+    from nmt_cli.textio import read_lines
+
+    tensors = safetensors.torch.load_file(trained)
+    blob = trained.read_bytes()
+    metadata = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    config = json.loads(metadata["config"])
+    assert config.pop("decoder_init") == "bridge" and config.pop("memory_dropout") is True
+    old = tmp_path / "old.nmt"
+    safetensors.torch.save_file(
+        tensors, old, metadata={**metadata, "config": json.dumps({**config, "bridge": True})}
+    )
+    now, before = load_model(trained), load_model(old)
+    assert before.config == now.config
+    src = [ids for ids in now.subword.encode_batch(read_lines(corpus.dev_src)[:10]) if ids]
+    cfg = DecodeConfig(beam_size=2)
+    assert [n[0].tokens for n in decode_ids(before.model, src, cfg)] == [
+        n[0].tokens for n in decode_ids(now.model, src, cfg)
+    ]

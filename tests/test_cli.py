@@ -80,6 +80,27 @@ def test_empty_input_gives_empty_output(trained):
             ["train", "--src", "a", "--tgt", "b", "-o", "x", "--preset", "huge"],
             "nmt: error: unknown preset 'huge'; valid: base-rnn, cpu-15min, toy, tiny",
         ),
+        (
+            [
+                "train",
+                "--src",
+                "a",
+                "--tgt",
+                "b",
+                "-o",
+                "x",
+                "--preset",
+                "base-rnn",
+                "--decoder-hidden",
+                "600",
+            ],
+            "nmt: error: decoder_init last needs the encoder output size (512: encoder_hidden 256 x 2 "
+            "directions) == decoder_hidden (600); use decoder_init bridge or zero",
+        ),
+        (
+            ["train", "--src", "a", "--tgt", "b", "-o", "x", "--decoder-init", "last", "--bridge"],
+            "nmt: error: bridge true contradicts decoder_init last",
+        ),
     ],
 )
 def test_errors_are_one_line_with_exit_1(args, message):

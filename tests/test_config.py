@@ -65,3 +65,20 @@ def test_preset_and_overrides():
     with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: base-rnn"):
         preset("fast")
     assert with_overrides(TrainConfig(), {"lr": 0.5, "seed": None}) == TrainConfig(lr=0.5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "decoder_init"),
+    [
+        ({}, "last"),
+        ({"bridge": True}, "bridge"),
+        ({"bridge": False}, "zero"),
+        ({"decoder_init": "zero"}, "zero"),
+        ({"decoder_init": "bridge", "bridge": None}, "bridge"),
+    ],
+)
+def test_decoder_init_and_the_old_bridge_flag_override_the_preset(flags, decoder_init):
+    from nmt_cli.cmd_train import merged_configs
+
+    model, train, _ = merged_configs("base-rnn", None, flags, {}, {})
+    assert model.decoder_init == decoder_init and train.normalization == "sents"

@@ -97,6 +97,32 @@ def test_decoding_gives_the_plain_models_translations(attention, beam):
     assert ours_scores == pytest.approx([h.score for n in theirs for h in n], abs=1e-4)
 
 
+# decoder_init last: the encoder's final states (2 x 64 units) are the decoder's first (128 units); with
+# 256 units per direction the encoder trains stepped by hand (cell.lstm_sequence), which returns the cells
+DECODER_INITS = [
+    dict(decoder_init="zero"),
+    dict(decoder_init="last"),
+    dict(decoder_init="bridge"),
+    dict(decoder_init="last", encoder_hidden=256, decoder_hidden=512),
+    dict(decoder_init="last", encoder_cell="gru"),
+]
+
+
+@pytest.mark.parametrize("overrides", DECODER_INITS)
+def test_each_decoder_init_has_the_plain_models_gradients_and_translations(overrides):
+    layers = dict(encoder_layers=2, decoder_layers=2, input_feeding=True)
+    plain, fast = twins(**{**layers, **overrides})
+    batch = batch_of()
+    assert backward(fast.train(), batch, 0.0) == pytest.approx(backward(plain.train(), batch, 0.0), rel=1e-5)
+    fast_grads = dict(fast.named_parameters())
+    for name, p in plain.named_parameters():
+        assert torch.allclose(fast_grads[name].grad, p.grad, atol=1e-5, rtol=1e-4), name
+    src = [batch_of(8).src[i][: int(n)].tolist() for i, n in enumerate(batch_of(8).src_lengths)]
+    cfg = DecodeConfig(beam_size=3, max_len_a=1.0, max_len_b=5)
+    ours, theirs = decode_ids(fast.eval(), src, cfg, batch_size=3), decode_ids(plain.eval(), src, cfg, 3)
+    assert [[h.tokens for h in n] for n in ours] == [[h.tokens for h in n] for n in theirs]
+
+
 def test_install_switches_layers_in_place_and_keeps_the_state_dict():
     plain, _ = twins()
     before = {k: v.clone() for k, v in plain.state_dict().items()}
@@ -207,3 +233,16 @@ def test_the_onednn_op_is_trusted_after_a_large_product():
     a, b = torch.randn(1024, 2048), torch.randn(2048, 1024)
     assert torch.allclose(gemm.mm(a, b), a @ b, rtol=1e-3, atol=1e-2)
     assert private.onednn_linear.available and gemm.backend() == "onednn"
+
+
+def test_sentence_normalization_scales_every_gradient_by_the_batchs_tokens_per_sentence():
+    # OpenNMT-py's default: the summed loss over the batch's sentences (5 here), not its tokens
+    batch = batch_of()
+    for model in twins(input_feeding=True):
+        model.train()
+        summed = backward(model, batch, 0.0)
+        by_tokens = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        assert backward(model, batch, 0.0, "sents") == pytest.approx(summed, rel=1e-6)
+        for name, p in model.named_parameters():
+            assert torch.allclose(p.grad, by_tokens[name] * batch.n_tokens / 5, atol=1e-6, rtol=1e-5), name

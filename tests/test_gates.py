@@ -28,7 +28,7 @@ def test_recomputed_encoder_states_equal_the_modules(subword, cell):
     loaded = loaded_model(subword, cell, encoder_layers=2)
     ids = subword.encode_batch(["the small sisters help the monkeys ."])[0]
     traces, top = encoder_traces(loaded, ids)
-    memory, _ = loaded.model.encoder(torch.tensor([ids]), torch.tensor([len(ids)]))
+    memory = loaded.model.encoder(torch.tensor([ids]), torch.tensor([len(ids)])).memory
     assert torch.allclose(top, memory[0], atol=1e-5)  # both layers, both directions, step by step
     names = [f"encoder layer {i} {d}" for i in (1, 2) for d in ("forward", "backward")]
     assert [t.name for t in traces] == names

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from nmt_cli.config import ModelConfig
+from nmt_cli.config import ModelConfig, from_dict, preset
+from nmt_cli.errors import ConfigError
 from nmt_cli.model import EncoderOutput, build_model, count_parameters
 from tests.conftest import cpu_model
 
@@ -67,8 +68,88 @@ def test_attention_is_a_distribution_over_real_source_tokens(attention):
 
 def test_base_rnn_has_the_protocol_parameter_count():
     # OpenNMT-py's count for the side-by-side model: Luong general, input feeding, no bridge, vocab 8000
-    cfg = ModelConfig(vocab_size=8000, attention="general", input_feeding=True, bridge=False)
+    cfg = from_dict(ModelConfig, {**preset("base-rnn")[0], "vocab_size": 8000})
+    assert (cfg.decoder_init, cfg.memory_dropout) == ("last", False)
     assert count_parameters(build_model(cfg)) == 12_664_640
+
+
+def test_decoder_init_last_starts_the_decoder_from_each_sentences_final_encoder_states():
+    # each sentence alone, unpadded, through each direction's LSTM: the forward (h, c) after its last
+    # token and the backward one after its first, side by side, are the decoder's first state
+    model = build_model(tiny_config(decoder_init="last", encoder_layers=1, decoder_layers=1)).eval()
+    src, lengths, _ = toy_batch()
+    state = model.encode(src, lengths).state
+    fwd, bwd = model.encoder.layers[0]
+    assert state.h.shape == state.c.shape == (1, 3, 12) and state.feed.abs().max() == 0
+    for b, n in enumerate(lengths.tolist()):
+        x = model.encoder.embedding(src[b : b + 1, :n])
+        _, (h_fwd, c_fwd) = fwd(x)
+        _, (h_bwd, c_bwd) = bwd(x.flip(1))
+        assert torch.allclose(state.h[0, b], torch.cat([h_fwd[0, 0], h_bwd[0, 0]]), atol=1e-6)
+        assert torch.allclose(state.c[0, b], torch.cat([c_fwd[0, 0], c_bwd[0, 0]]), atol=1e-6)
+
+
+def test_decoder_init_last_gives_layer_by_layer_and_zero_cells_where_the_encoder_has_none():
+    src, lengths, _ = toy_batch()
+    model = build_model(tiny_config(decoder_init="last")).eval()  # two layers each side
+    enc = model.encode(src, lengths)
+    for b, n in enumerate(
+        lengths.tolist()
+    ):  # the top layer's: forward at the last token, backward at the first
+        top = torch.cat([enc.memory[b, n - 1, :6], enc.memory[b, 0, 6:]])
+        assert torch.allclose(enc.state.h[1, b], top)
+    assert not torch.allclose(enc.state.h[0], enc.state.h[1])
+    gru_encoder = build_model(tiny_config(decoder_init="last", encoder_cell="gru")).eval()
+    state = gru_encoder.encode(src, lengths).state
+    assert state.c.shape == (2, 3, 12) and state.c.abs().max() == 0 and state.h.abs().max() > 0
+    gru_decoder = build_model(tiny_config(decoder_init="last", decoder_cell="gru")).eval()
+    assert gru_decoder.encode(src, lengths).state.c.shape == (2, 3, 0)
+    zero = build_model(tiny_config(decoder_init="zero")).eval().encode(src, lengths).state
+    assert zero.h.abs().max() == 0 and zero.c.abs().max() == 0
+    assert build_model(tiny_config(decoder_init="last")).bridge is None
+
+
+def test_decoder_init_last_is_the_same_for_a_sentence_alone_and_in_a_padded_batch():
+    model = build_model(tiny_config(decoder_init="last")).eval()
+    src, lengths, _ = toy_batch()
+    batched = model.encode(src, lengths).state
+    alone = model.encode(src[2:, :3], lengths[2:]).state
+    assert torch.allclose(batched.h[:, 2], alone.h[:, 0], atol=1e-6)
+    assert torch.allclose(batched.c[:, 2], alone.c[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            dict(decoder_hidden=10),
+            r"encoder output size \(12: encoder_hidden 6 x 2 directions\) == decoder_hidden \(10\)",
+        ),
+        (dict(encoder_layers=1), r"encoder_layers \(1\) == decoder_layers \(2\)"),
+        (dict(decoder_init="first"), "unknown decoder init 'first'; valid: zero, last, bridge"),
+    ],
+)
+def test_decoder_init_last_that_cannot_fit_is_a_config_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**{"decoder_init": "last", **overrides})
+
+
+@pytest.mark.parametrize(
+    ("old", "decoder_init"),
+    [
+        ({"bridge": True}, "bridge"),
+        ({"bridge": False}, "zero"),
+        ({"bridge": False, "decoder_init": "last"}, "last"),
+    ],
+)
+def test_the_old_bridge_key_reads_as_decoder_init(old, decoder_init):
+    base = {"vocab_size": 40, "emb_size": 8, "encoder_hidden": 6, "decoder_hidden": 12}
+    assert from_dict(ModelConfig, {**base, **old}).decoder_init == decoder_init
+
+
+def test_a_bridge_key_that_contradicts_decoder_init_is_refused():
+    with pytest.raises(ConfigError, match="bridge true contradicts decoder_init last"):
+        from_dict(ModelConfig, {"bridge": True, "decoder_init": "last"})
 
 
 def test_tied_and_shared_embeddings_are_one_tensor():
@@ -169,7 +250,7 @@ def test_lstm_stepped_by_hand_has_nn_lstms_outputs_and_gradients(length, deferre
     x = torch.randn(3, length, 5, requires_grad=True)
     weights = torch.randn(3, length, 4)  # a loss that weighs every output differently
     results = []
-    for run in (lambda: lstm(x)[0], lambda: lstm_sequence(lstm, x)):
+    for run in (lambda: lstm(x)[0], lambda: lstm_sequence(lstm, x)[0]):
         out = run()
         results.append((out, torch.autograd.grad((out * weights).sum(), [x, *lstm.parameters()])))
     (module_out, module_grads), (stepped_out, stepped_grads) = results
@@ -189,7 +270,9 @@ def test_the_encoder_steps_its_lstm_by_hand_only_where_it_trains_a_wide_one(
 
     calls = []
     real = model_module.lstm_sequence
-    monkeypatch.setattr(model_module, "lstm_sequence", lambda rnn, x: calls.append(rnn) or real(rnn, x))
+    monkeypatch.setattr(
+        model_module, "lstm_sequence", lambda rnn, x, lengths: calls.append(rnn) or real(rnn, x, lengths)
+    )
     model = cpu_model(tiny_config(encoder_hidden=hidden, encoder_layers=1)).train()
     src, lengths, _ = toy_batch()
     with torch.set_grad_enabled(grad):
@@ -240,8 +323,8 @@ def test_without_attention_the_decoder_sees_the_source_only_through_its_first_st
     a = model.decode_step(tgt_in[:, 0], enc.state, enc)
     b = model.decode_step(tgt_in[:, 0], enc.state, other)
     assert torch.equal(a.logits, b.logits) and a.attention.abs().max() == 0
-    with pytest.raises(Exception, match="attention none needs the bridge"):
-        tiny_config(attention="none", bridge=False)
+    with pytest.raises(Exception, match="attention none needs decoder_init last or bridge"):
+        tiny_config(attention="none", decoder_init="zero")
 
 
 def test_cell_parameter_counts_follow_the_gate_count():

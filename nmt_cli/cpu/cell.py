@@ -222,8 +222,9 @@ def lstm_step(
     return gates_to_state(gates, c)
 
 
-def lstm_sequence(rnn: nn.LSTM, x: Tensor) -> Tensor:
-    """A one-layer, one-direction nn.LSTM over x (B, S, I) from a zero state, stepped by hand -> (B, S, H).
+def lstm_sequence(rnn: nn.LSTM, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """A one-layer, one-direction nn.LSTM over x (B, S, I) from a zero state, stepped by hand -> outputs
+    (B, S, H), and given lengths (B,) the cell states after each row's last real position (B, H), else None.
 
     For training, where the encoder runs it: per position it keeps the four activated gates, the cell
     state and the output (6H floats), where oneDNN's fused LSTM keeps a workspace of about 18H
@@ -232,10 +233,15 @@ def lstm_sequence(rnn: nn.LSTM, x: Tensor) -> Tensor:
     assert rnn.num_layers == 1 and not rnn.bidirectional, "one layer, one direction"
     steps = projected_steps(rnn, x)
     h = c = x.new_zeros(x.size(0), rnn.hidden_size)
-    collectors, outputs = Collectors(), []
+    collectors, outputs, cells = Collectors(), [], []
     for t, gates_in in enumerate(steps):
         # step 0 multiplies the zero state too: the recurrent weight then gets a (zero) gradient even for
         # one-piece sources, as from nn.LSTM, and Adam treats it the same
         h, c = gates_to_state(linear(h, rnn.weight_hh_l0, "hh", collectors, t == 0, add=gates_in), c)
         outputs.append(h)
-    return torch.stack(outputs, 1)
+        if lengths is not None:
+            cells.append(c)
+    if lengths is None:
+        return torch.stack(outputs, 1), None
+    last = (lengths.to(x.device) - 1).view(-1, 1, 1).expand(-1, 1, rnn.hidden_size)
+    return torch.stack(outputs, 1), torch.stack(cells, 1).gather(1, last).squeeze(1)

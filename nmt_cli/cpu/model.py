@@ -50,10 +50,10 @@ class CpuEncoder(Encoder):
     """Encoder whose LSTMs of STEPPED_MIN_HIDDEN units or more are stepped by hand in training
     (cell.lstm_sequence), which keeps a third of the fused kernel's memory."""
 
-    def _run(self, rnn: nn.Module, x: Tensor) -> Tensor:
+    def _run(self, rnn: nn.Module, x: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor | None]:
         if isinstance(rnn, nn.LSTM) and rnn.hidden_size >= STEPPED_MIN_HIDDEN and torch.is_grad_enabled():
-            return lstm_sequence(rnn, x)
-        return rnn(x)[0]
+            return lstm_sequence(rnn, x, src_lengths if self.keep_cells else None)
+        return super()._run(rnn, x, src_lengths)
 
 
 class CpuSeq2Seq(Seq2Seq):
