@@ -16,7 +16,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-
 what=${1:?corpus, raw, prepare or store}
 
 peak() { awk -F': ' '/Maximum resident/ {rss = $2} /Elapsed/ {wall = $2} END {printf "%.0f MB, wall %s", rss / 1024, wall}' "$1"; }
-first() { .venv/bin/python -c 'import json,sys; print("first update at", json.loads(open(sys.argv[1]).readline())["wall"], "s")' "$1"; }
+first() { .venv/bin/python -c 'import json,sys; r = next(r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"); print("first update at", r["wall"], "s")' "$1"; }
 
 case $what in
 corpus)

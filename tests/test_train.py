@@ -215,7 +215,7 @@ def test_each_report_shows_the_mean_loss_over_its_window(tmp_path, corpus, subwo
 
     losses, tokens = iter([1.0, 3.0, 2.0, 6.0]), []
 
-    def scripted_step(model, optimizer, batch, cfg, lr, engine=None, n_tokens=None):
+    def scripted_step(model, optimizer, batch, cfg, lr, engine=None, n_tokens=None, n_sents=None):
         tokens.append(batch.n_tokens)
         return next(losses)
 
