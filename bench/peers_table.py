@@ -19,8 +19,8 @@ from pathlib import Path
 from nmt_cli.benchmark import forward_macs_per_token
 from nmt_cli.config import ModelConfig, from_dict, preset
 
-# "Step 120/10000000; acc: 21.3; ppl: 250.1; xent: 5.5; lr: 0.00100; sents: 1900; bsz: 2650/2712/190;
-#  1520/1636 tok/s;    95 sec;"  (OpenNMT-py 3.5.1, onmt/utils/statistics.py)
+# OpenNMT-py 3.5.1's report line (onmt/utils/statistics.py): "Step N/MAX; acc: …; ppl: …; xent: …; lr: …;
+# sents: …; bsz: SRC/TGT/SENTS; SRC_TOK/TGT_TOK tok/s; SECONDS sec;"
 ONMT_REPORT = re.compile(
     r"Step\s+(\d+)(?:/\s*\d+)?;.*?bsz:\s*\d+/\s*(\d+)/\s*\d+;\s*\d+/\s*(\d+) tok/s;\s*(\d+) sec"
 )
