@@ -13,7 +13,10 @@
 # ONMT_SAVE (OpenNMT-py's checkpoint interval in updates, 25: it has no wall-clock stop, so it runs under
 # `timeout` and its last saved checkpoint is scored, up to ONMT_SAVE updates before the end),
 # ONMT_VENV (its virtual environment, built here once and reused: default runs/onmt-3.5.1),
-# PYTHON (the interpreter for that venv, default python3.11 or python3).
+# PYTHON (the interpreter for that venv, default python3.11 or python3),
+# BEFORE (a commit of nmt trained and decoded beside this checkout in the same run, its own column in the
+# table, e.g. BEFORE=86efaa4 for the figures a change started from; it runs from a `git archive` copy on
+# this checkout's venv and trains from the raw text with --spm where it has no prepared store).
 #
 # OpenNMT-py pins torch<2.3, so its venv gets our torch first (the version .venv has), then opennmt-py
 # without dependencies, then its runtime dependencies (BENCHMARKS-PEERS.md §5; pip warns about torch).
@@ -47,6 +50,25 @@ if [ "$CURVE_EVERY" -gt 0 ] && [ $((CURVE_EVERY % ONMT_SAVE)) -ne 0 ]; then
 fi
 mkdir -p "$OUT/spm" "$OUT/nmt" "$OUT/onmt/data" "$OUT/decode"
 log() { echo "peers.sh: $*" >&2; }
+
+# nmt's columns: this checkout ("nmt"), and BEFORE's copy ("before") if asked for
+tools=(nmt)
+if [ -n "${BEFORE:-}" ]; then
+    rm -rf "$OUT/before" && mkdir -p "$OUT/before/src"
+    git -C "$ROOT" archive "$BEFORE" nmt_cli | tar -x -C "$OUT/before/src"
+    git -C "$ROOT" rev-parse --short "$BEFORE" > "$OUT/before/commit"
+    tools+=(before)
+    PYTHONPATH="$OUT/before/src" "$PY" -P -c 'import nmt_cli; print(nmt_cli.__file__)' > "$OUT/before/where"
+    grep -q "^$OUT/before/src/" "$OUT/before/where" || { log "BEFORE runs $(cat "$OUT/before/where")"; exit 1; }
+fi
+git -C "$ROOT" rev-parse --short HEAD > "$OUT/nmt/commit"
+nmt_command() {  # TOOL: sets CMD to the command line that runs that nmt
+    if [ "$1" = before ]; then
+        CMD=(env "PYTHONPATH=$OUT/before/src" "$PY" -P -m nmt_cli)  # -P: not the nmt_cli in the cwd
+    else
+        CMD=("$NMT")
+    fi
+}
 
 matmul() {  # matmul FILE: the best fp32 rates, torch.mm and oneDNN (GFLOP/s), as JSON
     "$PY" -c 'import json; from nmt_cli.benchmark import matmul_rate, onednn_rate
@@ -93,10 +115,18 @@ if [ "$CURVE_EVERY" -gt 0 ]; then  # a step-N.nmt at each validation, on 100 dev
     printf '[train]\nvalid_max_sentences = 100\n' > "$OUT/nmt/curve.toml"
     nmt_curve=(--config "$OUT/nmt/curve.toml" --valid-every "$CURVE_EVERY" --keep-last 100000)
 fi
-log "nmt: training base-rnn for $MINUTES min"
-/usr/bin/time -v -o "$OUT/nmt/train.time" "$NMT" train --preset base-rnn --data "$OUT/spm" \
-    --dev-src "$DATA/val.de" --dev-tgt "$DATA/val.en" --time-budget "${MINUTES}m" --log-every 10 \
-    "${nmt_curve[@]}" --overwrite -o "$OUT/nmt/run" > "$OUT/nmt/train.out" 2> "$OUT/nmt/train.log"
+for tool in "${tools[@]}"; do
+    nmt_command "$tool"
+    corpus=(--data "$OUT/spm")
+    if [ "$tool" = before ] && [ ! -f "$OUT/before/src/nmt_cli/store.py" ]; then
+        corpus=(--src "$DATA/train.de" --tgt "$DATA/train.en" --spm "$OUT/spm/spm.model")
+    fi
+    mkdir -p "$OUT/$tool"
+    log "nmt ($tool, $(cat "$OUT/$tool/commit")): training base-rnn for $MINUTES min"
+    /usr/bin/time -v -o "$OUT/$tool/train.time" "${CMD[@]}" train --preset base-rnn "${corpus[@]}" \
+        --dev-src "$DATA/val.de" --dev-tgt "$DATA/val.en" --time-budget "${MINUTES}m" --log-every 10 \
+        "${nmt_curve[@]}" --overwrite -o "$OUT/$tool/run" > "$OUT/$tool/train.out" 2> "$OUT/$tool/train.log"
+done
 
 R="$OUT/onmt/run"
 mkdir -p "$R"
@@ -171,9 +201,12 @@ with open(sys.argv[2], encoding="utf-8") as f, open(sys.argv[3], "w", encoding="
 log "decoding, $REPEATS rounds"
 for repeat in $(seq "$REPEATS"); do
     for beam in 1 5; do
-        /usr/bin/time -v -o "$OUT/decode/nmt.b$beam.$repeat.time" \
-            "$NMT" translate -m "$OUT/nmt/run/last.nmt" -b "$beam" --batch-size 64 "$SRC" \
-            > "$OUT/decode/nmt.b$beam.hyp" 2> "$OUT/decode/nmt.b$beam.$repeat.err"
+        for tool in "${tools[@]}"; do
+            nmt_command "$tool"
+            /usr/bin/time -v -o "$OUT/decode/$tool.b$beam.$repeat.time" \
+                "${CMD[@]}" translate -m "$OUT/$tool/run/last.nmt" -b "$beam" --batch-size 64 "$SRC" \
+                > "$OUT/decode/$tool.b$beam.hyp" 2> "$OUT/decode/$tool.b$beam.$repeat.err"
+        done
         /usr/bin/time -v -o "$OUT/decode/onmt.b$beam.$repeat.time" \
             "$ONMT_VENV/bin/onmt_translate" -model "$R/model_step_$onmt_last.pt" \
             -src "$OUT/onmt/data/test_2016_flickr.de" -output "$OUT/decode/onmt.b$beam.pieces" \
@@ -190,7 +223,9 @@ score() {  # HYP -> "BLEU chrF"
 }
 for beam in 1 5; do
     detok "$OUT/decode/onmt.b$beam.pieces" "$OUT/decode/onmt.b$beam.hyp"
-    echo "nmt b$beam $(score "$OUT/decode/nmt.b$beam.hyp")" >> "$OUT/scores.txt.tmp"
+    for tool in "${tools[@]}"; do
+        echo "$tool b$beam $(score "$OUT/decode/$tool.b$beam.hyp")" >> "$OUT/scores.txt.tmp"
+    done
     echo "onmt b$beam $(score "$OUT/decode/onmt.b$beam.hyp")" >> "$OUT/scores.txt.tmp"
 done
 mv "$OUT/scores.txt.tmp" "$OUT/scores.txt"
@@ -201,12 +236,19 @@ if [ "$CURVE_EVERY" -gt 0 ]; then
         [ -f "$R/model_step_$step.pt" ] || continue
         "$NMT" translate -q -m "$ckpt" -b 1 --batch-size 64 "$SRC" > "$OUT/decode/curve.nmt.$step.hyp"
         nmt_bleu=$(score "$OUT/decode/curve.nmt.$step.hyp" | cut -f1)
+        before_bleu=
+        if [ -f "$OUT/before/run/step-$step.nmt" ]; then
+            nmt_command before
+            "${CMD[@]}" translate -q -m "$OUT/before/run/step-$step.nmt" -b 1 --batch-size 64 "$SRC" \
+                > "$OUT/decode/curve.before.$step.hyp"
+            before_bleu=$(score "$OUT/decode/curve.before.$step.hyp" | cut -f1)
+        fi
         "$ONMT_VENV/bin/onmt_translate" -model "$R/model_step_$step.pt" -src "$OUT/onmt/data/test_2016_flickr.de" \
             -output "$OUT/decode/curve.onmt.$step.pieces" -beam_size 1 -batch_size 64 -batch_type sents -gpu -1 \
             > /dev/null 2>&1
         detok "$OUT/decode/curve.onmt.$step.pieces" "$OUT/decode/curve.onmt.$step.hyp"
         onmt_bleu=$(score "$OUT/decode/curve.onmt.$step.hyp" | cut -f1)
-        echo "$step $nmt_bleu $onmt_bleu" >> "$OUT/curve.txt"
+        echo "$step $nmt_bleu $onmt_bleu $before_bleu" >> "$OUT/curve.txt"
     done
 fi
 

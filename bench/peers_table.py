@@ -2,8 +2,9 @@
 
     python bench/peers_table.py OUT MINUTES        Markdown on stdout
 
-Reads what peers.sh left in OUT: the matmul rates before and after, both training logs and
-/usr/bin/time -v files, the decoding runs (medians over the repeats), scores.txt and curve.txt.
+Reads what peers.sh left in OUT: the matmul rates before and after, the training logs and
+/usr/bin/time -v files, the decoding runs (medians over the repeats), scores.txt and curve.txt. Where the
+run trained an earlier commit of nmt too (BEFORE), it has its own column and its own ratio.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def time_v(path: Path) -> tuple[float, float]:
     return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
 
 
-def nmt_training(out: Path) -> dict[str, float]:
+def nmt_training(out: Path, tool: str = "nmt") -> dict[str, float]:
     """Updates, tokens and steady tokens/s (windows from 60 s, validation left out) of nmt's log.jsonl."""
-    log = [json.loads(line) for line in (out / "nmt/run/log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / tool / "run/log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["kind"] == "train"]
     windows = [(a, b) for a, b in zip(train, train[1:], strict=False) if a["wall"] >= 60]
     tokens = sum(b["tokens"] - a["tokens"] for a, b in windows)
@@ -76,7 +77,7 @@ def decoding(out: Path, tool: str, beam: int) -> dict[str, float]:
     for time_file in sorted((out / "decode").glob(f"{tool}.b{beam}.*.time")):
         seconds, mb = time_v(time_file)
         text = time_file.with_suffix(".err").read_text()
-        if tool == "nmt":
+        if tool != "onmt":
             lines, decode_s = NMT_DECODE.findall(text)[-1]
             lines = int(lines)
         else:
@@ -118,12 +119,19 @@ def mflop_per_token(out: Path) -> float:
     return 3 * 2 * forward_macs_per_token(cfg, counts["de"] / counts["en"]) / 1e6
 
 
-def row(name: str, ours: float, theirs: float, digits: int = 0, diff: bool = False) -> str:
-    """A table row; a steady figure is 0 where no report window started 60 s into training: "–"."""
-    if not (ours or theirs):
-        return f"| {name} | – | – | – |"
-    relation = f"{ours - theirs:+.2f}" if diff else (f"{ours / theirs:.2f}×" if theirs else "–")
-    return f"| {name} | {ours:,.{digits}f} | {theirs:,.{digits}f} | {relation} |"
+def row(name: str, ours: list[float], theirs: float, digits: int = 0, diff: bool = False) -> str:
+    """A table row: each nmt column, OpenNMT-py's, then each nmt column against it (a ratio, or a
+    difference where `diff`); a steady figure is 0 where no report window started 60 s into training: "–"."""
+    if not (any(ours) or theirs):
+        return "| " + " | ".join([name] + ["–"] * (2 * len(ours) + 1)) + " |"
+
+    def relation(value: float) -> str:
+        if diff:
+            return f"{value - theirs:+.2f}"
+        return f"{value / theirs:.2f}×" if theirs else "–"
+
+    cells = [f"{v:,.{digits}f}" for v in ours] + [f"{theirs:,.{digits}f}"] + [relation(v) for v in ours]
+    return "| " + " | ".join([name, *cells]) + " |"
 
 
 def cpu_name() -> str:
@@ -137,11 +145,14 @@ def cpu_name() -> str:
 
 
 def main(out: Path, minutes: str) -> None:
-    ours, theirs = nmt_training(out), onmt_training(out)
-    (nmt_wall, nmt_rss), (onmt_wall, onmt_rss) = (
-        time_v(out / "nmt/train.time"),
-        time_v(out / "onmt/train.time"),
-    )
+    tools = ["nmt"] + (["before"] if (out / "before/commit").exists() else [])
+    commit = {
+        t: (out / t / "commit").read_text().strip() if (out / t / "commit").exists() else t for t in tools
+    }
+    ours = {t: nmt_training(out, t) for t in tools}
+    theirs = onmt_training(out)
+    wall_rss = {t: time_v(out / t / "train.time") for t in tools}
+    onmt_wall, onmt_rss = time_v(out / "onmt/train.time")
     before, after = best_rate(out / "matmul.before.json"), best_rate(out / "matmul.after.json")
     best = (before[2] + after[2]) / 2
     mflop, per_epoch, score = mflop_per_token(out), epoch_tokens(out), scores(out)
@@ -151,47 +162,83 @@ def main(out: Path, minutes: str) -> None:
         f"{after[0]:.0f} after, oneDNN {before[1]:.0f} / {after[1]:.0f}; "
         f"useful work {mflop:.1f} MFLOP per target token\n"
     )
-    print("| | nmt base-rnn | OpenNMT-py 3.5.1 | nmt / OpenNMT-py |")
-    print("|---|---|---|---|")
-    print(row("updates (the last logged)", ours["updates"], theirs["updates"]))
+    names = [f"nmt {commit[t]}" for t in tools]
+    print(
+        "| | "
+        + " | ".join(f"{n} base-rnn" for n in names)
+        + " | OpenNMT-py 3.5.1 | "
+        + " | ".join(f"{n} / OpenNMT-py" for n in names)
+        + " |"
+    )
+    print("|---" * (2 * len(tools) + 2) + "|")
+
+    def each(fn) -> list[float]:
+        return [fn(t) for t in tools]
+
+    print(row("updates (the last logged)", each(lambda t: ours[t]["updates"]), theirs["updates"]))
     scored = int((out / "onmt/last-step").read_text())
-    print(row("update of the scored checkpoint", ours["updates"], scored))
+    print(row("update of the scored checkpoint", each(lambda t: ours[t]["updates"]), scored))
     print(
         row(
             "real target tokens per update",
-            ours["tokens"] / ours["updates"],
+            each(lambda t: ours[t]["tokens"] / ours[t]["updates"]),
             theirs["tokens"] / theirs["updates"],
         )
     )
-    print(row("epochs", ours["tokens"] / per_epoch, theirs["tokens"] / per_epoch, 2))
-    print(row("steady train tok/s (windows from 60 s)", ours["steady"], theirs["steady"]))
-    print(row("whole-run train tok/s", ours["tokens"] / nmt_wall, theirs["tokens"] / onmt_wall))
+    print(row("epochs", each(lambda t: ours[t]["tokens"] / per_epoch), theirs["tokens"] / per_epoch, 2))
+    print(row("steady train tok/s (windows from 60 s)", each(lambda t: ours[t]["steady"]), theirs["steady"]))
+    print(
+        row(
+            "whole-run train tok/s",
+            each(lambda t: ours[t]["tokens"] / wall_rss[t][0]),
+            theirs["tokens"] / onmt_wall,
+        )
+    )
     print(
         row(
             "steady useful FLOP/s, % of the best matmul rate",
-            100 * ours["steady"] * mflop / 1e3 / best,
+            each(lambda t: 100 * ours[t]["steady"] * mflop / 1e3 / best),
             100 * theirs["steady"] * mflop / 1e3 / best,
             1,
         )
     )
-    print(row("train peak RSS (MB)", nmt_rss, onmt_rss))
+    print(row("train peak RSS (MB)", each(lambda t: wall_rss[t][1]), onmt_rss))
     for beam in (1, 5):
         label = "greedy" if beam == 1 else "beam 5"
-        print(row(f"test BLEU, {label}", score["nmt", beam][0], score["onmt", beam][0], 2, diff=True))
-        print(row(f"test chrF, {label}", score["nmt", beam][1], score["onmt", beam][1], 2, diff=True))
+        for i, metric in enumerate(("BLEU", "chrF")):
+            print(
+                row(
+                    f"test {metric}, {label}",
+                    each(lambda t, beam=beam, i=i: score[t, beam][i]),
+                    score["onmt", beam][i],
+                    2,
+                    diff=True,
+                )
+            )
     for beam in (1, 5):
         label = "greedy" if beam == 1 else "beam 5"
-        a, b = decoding(out, "nmt", beam), decoding(out, "onmt", beam)
-        print(row(f"{label} sent/s, whole process", a["whole"], b["whole"], 1))
-        print(row(f"{label} sent/s, decode only", a["only"], b["only"], 1))
-        print(row(f"{label} translate peak RSS (MB)", a["rss"], b["rss"]))
+        ds = {t: decoding(out, t, beam) for t in [*tools, "onmt"]}
+        for key, what, digits in (
+            ("whole", "sent/s, whole process", 1),
+            ("only", "sent/s, decode only", 1),
+            ("rss", "translate peak RSS (MB)", 0),
+        ):
+            print(row(f"{label} {what}", each(lambda t, key=key, ds=ds: ds[t][key]), ds["onmt"][key], digits))
     curve = out / "curve.txt"
     if curve.exists() and curve.read_text().strip():
-        print("\n| updates | nmt greedy test BLEU | OpenNMT-py greedy test BLEU |")
-        print("|---|---|---|")
-        points = sorted(tuple(line.split()) for line in curve.read_text().splitlines())
-        for step, a, b in sorted(points, key=lambda p: int(p[0])):
-            print(f"| {step} | {float(a):.2f} | {float(b):.2f} |")
+        print(
+            "\n| updates | "
+            + " | ".join(f"{n} greedy test BLEU" for n in names[:1])
+            + " | OpenNMT-py greedy test BLEU"
+            + "".join(f" | {n} greedy test BLEU" for n in names[1:])
+            + " |"
+        )
+        print("|---" * (len(tools) + 2) + "|")
+        points = [line.split() for line in curve.read_text().splitlines()]
+        for point in sorted(points, key=lambda p: int(p[0])):
+            cells = [f"{float(v):.2f}" for v in point[1:3]] + [f"{float(v):.2f}" for v in point[3:]]
+            cells += ["–"] * (len(tools) + 1 - len(cells))
+            print("| " + " | ".join([point[0], *cells]) + " |")
 
 
 if __name__ == "__main__":
