@@ -68,7 +68,7 @@ def base_rnn(updates: int):
     from nmt_cli.data import collate, load_parallel, token_batches
     from nmt_cli.model import build_model
     from nmt_cli.subword import Subword
-    from nmt_cli.train import build_optimizer
+    from nmt_cli.update import build_optimizer
 
     sub = Subword.from_file(SPM)
     examples, _ = load_parallel(DATA / "train.de", DATA / "train.en", sub, 100)
@@ -105,7 +105,7 @@ def matmul_rates(prof) -> None:
 def profile_train(args: argparse.Namespace) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from nmt_cli.train import train_step
+    from nmt_cli.update import train_step
 
     model, optimizer, cfg, batches = base_rnn(args.updates)
     for batch in batches[:4]:
@@ -170,7 +170,7 @@ def decode_memory(args: argparse.Namespace) -> None:
 
 
 def train_memory(args: argparse.Namespace) -> None:
-    from nmt_cli.train import train_step
+    from nmt_cli.update import train_step
 
     rss("imports")
     model, optimizer, cfg, batches = base_rnn(args.updates)
@@ -193,7 +193,7 @@ def save_memory(args: argparse.Namespace) -> None:
 
     from nmt_cli.run_files import Counters, save_run
     from nmt_cli.subword import Subword
-    from nmt_cli.train import train_step
+    from nmt_cli.update import train_step
 
     model, optimizer, cfg, batches = base_rnn(0)
     for batch in batches[:2]:  # Adam's state exists from the first update on

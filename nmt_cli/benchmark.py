@@ -15,7 +15,7 @@ import torch
 from nmt_cli import cpu
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import Example, collate, padding_fraction, token_batches
-from nmt_cli.train import Engine, Place, build_optimizer, place_model, train_step
+from nmt_cli.update import Engine, Place, build_optimizer, place_model, train_step
 
 
 class CostCentre(NamedTuple):

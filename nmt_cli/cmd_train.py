@@ -174,7 +174,8 @@ def train(
     from nmt_cli.device import resolve
     from nmt_cli.run_files import run_dir_lock
     from nmt_cli.subword import Subword
-    from nmt_cli.train import Place, Run, fit
+    from nmt_cli.train import Run, fit
+    from nmt_cli.update import Place
 
     world = distributed.from_env()
     setup_logging(quiet=quiet or not world.main)  # one process reports for the group

@@ -16,7 +16,7 @@ import torch
 from nmt_cli import distributed
 from nmt_cli.config import ModelConfig, TrainConfig
 from nmt_cli.data import Example, collate, token_batches
-from nmt_cli.train import Place, build_optimizer, place_model, train_step
+from nmt_cli.update import Place, build_optimizer, place_model, train_step
 
 STEPS = 4
 

@@ -127,7 +127,7 @@ def test_cache_capacity_defaults_to_trainings_and_never_overrides_the_users():
 def test_a_training_update_renews_the_packed_weights_validation_decodes_with():
     from nmt_cli.config import TrainConfig
     from nmt_cli.data import Example, collate
-    from nmt_cli.train import build_optimizer, train_step
+    from nmt_cli.update import build_optimizer, train_step
 
     torch.manual_seed(0)
     model = cpu_model(tiny_model_config(50, input_feeding=True))

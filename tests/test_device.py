@@ -12,7 +12,7 @@ from nmt_cli.data import Example, collate
 from nmt_cli.device import check_precision, cpu_has_bf16, cpu_runs_fp16_lstm, grad_scaler, resolve
 from nmt_cli.errors import ConfigError
 from nmt_cli.model import build_model
-from nmt_cli.train import Engine, Place, build_optimizer, place_model, train_step
+from nmt_cli.update import Engine, Place, build_optimizer, place_model, train_step
 from tests.conftest import tiny_model_config
 
 CPU = torch.device("cpu")

@@ -18,7 +18,7 @@ from nmt_cli.cli import app
 from nmt_cli.cmd_train import _without_nproc
 from nmt_cli.data import collate
 from nmt_cli.run_files import run_dir_lock
-from nmt_cli.train import Place, build_optimizer, place_model, train_step
+from nmt_cli.update import Place, build_optimizer, place_model, train_step
 from tests import ddp_worker
 from tests.conftest import ROOT
 
