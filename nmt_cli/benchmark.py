@@ -58,6 +58,8 @@ class TrainBench(NamedTuple):
     fraction: float  # steady useful GFLOP/s over the matmul rate
     onednn_gflops: float  # the same best-of-5 rate through gemm.mm (oneDNN); 0 where it is not there
     onednn_fraction: float  # steady useful GFLOP/s over that rate (the products run there)
+    best_gflops: float  # the better of the two rates: the most fp32 products run at on this machine
+    best_fraction: float  # steady useful GFLOP/s over best_gflops: the headline
     padding: float  # share of target positions that are padding
     tokens_per_step: float
     peak_rss_mb: float
@@ -171,6 +173,8 @@ def bench_train(
         useful_gflops / rate,
         onednn,
         useful_gflops / onednn if onednn else 0.0,
+        max(rate, onednn),
+        useful_gflops / max(rate, onednn),
         padding_fraction(batches, examples),
         tokens / steps,
         peak_rss_mb(),

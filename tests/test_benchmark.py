@@ -48,6 +48,12 @@ def test_bench_train_reports_a_fraction_of_the_matmul_rate(corpus):
         report["tok_s"] * report["mflop_per_token"] / 1e3 / report["matmul_gflops"], rel=1e-6
     )
     assert 0 <= report["padding"] < 0.2 and report["peak_rss_mb"] > 100
+    # the headline: against the better of the two measured rates, so never above either fraction
+    assert report["best_gflops"] == max(report["matmul_gflops"], report["onednn_gflops"])
+    assert report["best_fraction"] == pytest.approx(
+        report["tok_s"] * report["mflop_per_token"] / 1e3 / report["best_gflops"], rel=1e-6
+    )
+    assert report["best_fraction"] <= min(report["fraction"], report["onednn_fraction"] or 1e9) + 1e-12
 
 
 class FakeEvent:
@@ -93,6 +99,7 @@ def test_bench_train_profile_prints_where_an_updates_time_goes(corpus):
     args = ["bench", "train", "--preset", "tiny", "--src", corpus.train_src, "--tgt", corpus.train_tgt]
     result = CliRunner().invoke(app, [*args, "--steps", "2", "--skip", "1", "--profile"])
     assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("of the best matmul rate\t")  # the headline comes first
     table = result.stdout.split("where an update's time goes", 1)[1].splitlines()
     rows = {line.split()[0]: line.split() for line in table[2:] if line.strip()}
     assert list(rows) == ["products", "elementwise", "optimizer", "data", "other"]
