@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -158,20 +158,21 @@ def fit(
         record_start(out, c, {k: info_base[k] for k in how})
         for side in vectors:
             record_vectors(out, *side, cfg.freeze_embeddings)
-    return _loop(
+    training = _Training(
         run,
         model,
         optimizer,
-        c,
+        engine,
         train,
         dev,
         refs,
         info_base,
-        start,
+        _Clock(start, c.wall),
+        epoch_tokens(train),  # from the lengths: a store's pairs stay on disk
         quiet or not world.main,
         interrupt,
-        engine,
     )
+    return _loop(training, c)
 
 
 def _vector_sides(model: Seq2Seq, run: Run) -> list[tuple[str, str, torch.nn.Embedding]]:
@@ -257,26 +258,32 @@ class _Clock:
         return self.earlier + time.time() - self.start
 
 
-def _loop(
-    run: Run,
-    model: Seq2Seq,
-    optimizer: torch.optim.Optimizer,
-    c: Counters,
-    train: Sequence[Example],
-    dev: list[Example],
-    refs: list[str] | None,
-    info: dict,
-    start: float,
-    quiet: bool,
-    interrupt: Callable[[], str] | None,
-    engine: Engine,
-) -> TrainSummary:
-    cfg, world = run.train_cfg, engine.world
-    clock, reserve, stopped, saved_step = _Clock(start, c.wall), 0.0, "", c.step
+@dataclass(frozen=True)
+class _Training:
+    """What one fit() call trains with, made once: the loop and each checkpoint read it, and only the
+    Counters change as training goes."""
+
+    run: Run
+    model: Seq2Seq
+    optimizer: torch.optim.Optimizer
+    engine: Engine
+    train: Sequence[Example]
+    dev: list[Example]
+    refs: list[str] | None  # the dev references as written, for BLEU
+    info: dict  # facts every saved model records
+    clock: _Clock
+    epoch_tokens: int  # target tokens in one epoch, for the epoch count
+    quiet: bool
+    interrupt: Callable[[], str] | None
+
+
+def _loop(t: _Training, c: Counters) -> TrainSummary:
+    run, model, optimizer, engine, train = t.run, t.model, t.optimizer, t.engine, t.train
+    cfg, world, clock, interrupt = run.train_cfg, engine.world, t.clock, t.interrupt
+    reserve, stopped, saved_step = 0.0, "", c.step
     # tokens: the update's, all ranks together; the loss window: this rank's, summed over ranks to report
     window_tokens, window_loss, window_own, window_start = 0, 0.0, 0, time.time()
     snapshots = _Snapshots(cfg.save_every_minutes * 60, clock.elapsed())
-    n_epoch_tokens = epoch_tokens(train)  # from the lengths: a store's pairs stay on disk
     rank_tokens = max(1, cfg.batch_tokens // world.world_size)  # batch_tokens is per update, all ranks
     model.train()
     while not stopped:
@@ -313,8 +320,8 @@ def _loop(
                         lr,
                         window_tokens / (now - window_start),
                         clock.elapsed(),
-                        c.tokens / n_epoch_tokens,
-                        quiet,
+                        c.tokens / t.epoch_tokens,
+                        t.quiet,
                     )
                 window_tokens, window_loss, window_own, window_start = 0, 0.0, 0, now
             if world.main and snapshots.due(clock.elapsed()):  # for learning curves by wall clock
@@ -323,11 +330,11 @@ def _loop(
                     run.out_dir / f"min-{minute:03d}.nmt",
                     model,
                     run.subword,
-                    dict(info, step=c.step, wall=round(clock.elapsed(), 1)),
+                    dict(t.info, step=c.step, wall=round(clock.elapsed(), 1)),
                 )
             if c.step % cfg.valid_every == 0:
                 began = time.time()
-                _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, world)
+                _checkpoint(t, c)
                 saved_step, reserve = c.step, time.time() - began
                 window_start += reserve  # tokens/s leaves validation out
         else:
@@ -337,11 +344,11 @@ def _loop(
         # report and model.nmt, not for the schedule's counters
         interrupted, _ = _decided(world, interrupt, "", 0.0)
         extra = "off" if interrupted else "extra"
-        _checkpoint(run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, world, extra)
+        _checkpoint(t, c, extra)
     best = c.kept_bleu if c.kept_bleu >= 0 else None
     return TrainSummary(
         c.step,
-        c.tokens / n_epoch_tokens,
+        c.tokens / t.epoch_tokens,
         c.tokens,
         clock.elapsed(),
         best,
@@ -380,20 +387,7 @@ class _Snapshots:
         return True
 
 
-def _checkpoint(
-    run: Run,
-    model: Seq2Seq,
-    optimizer: torch.optim.Optimizer,
-    c: Counters,
-    dev: list[Example],
-    refs: list[str] | None,
-    info: dict,
-    clock: _Clock,
-    n_epoch_tokens: int,
-    quiet: bool,
-    world: World,
-    validation: str = "scheduled",
-) -> None:
+def _checkpoint(t: _Training, c: Counters, validation: str = "scheduled") -> None:
     """Validate, then save last.nmt, model.nmt when dev BLEU improved, and the resume state.
 
     validation: "scheduled" (every valid_every steps: moves patience and plateau), "extra" (at a stop
@@ -401,41 +395,41 @@ def _checkpoint(
     Under torchrun rank 0 does this while the others wait for its counters (best BLEU, patience, the
     plateau scale), which every rank needs for the same learning rate and stop decision.
     """
+    world = t.engine.world
     if world.main:
-        _validate_and_save(
-            run, model, optimizer, c, dev, refs, info, clock, n_epoch_tokens, quiet, validation
-        )
+        _validate_and_save(t, c, validation)
     for name, value in distributed.from_main(world, asdict(c)).items():
         setattr(c, name, value)
 
 
-def _validate_and_save(
-    run: Run,
-    model: Seq2Seq,
-    optimizer: torch.optim.Optimizer,
-    c: Counters,
-    dev: list[Example],
-    refs: list[str] | None,
-    info: dict,
-    clock: _Clock,
-    n_epoch_tokens: int,
-    quiet: bool,
-    validation: str,
-) -> None:
-    v = validate(model, dev, run.subword, refs) if dev and validation != "off" else None
+def _validate_and_save(t: _Training, c: Counters, validation: str) -> None:
+    run, dev = t.run, t.dev
+    v = validate(t.model, dev, run.subword, t.refs) if dev and validation != "off" else None
     if dev and v is None:
         improved = not (run.out_dir / "model.nmt").exists()
     else:
         improved = update_best(c, v, run.train_cfg, scheduled=validation == "scheduled")
-    c.wall = clock.elapsed()
+    c.wall = t.clock.elapsed()
     facts = dict(
-        info, step=c.step, epochs=round(c.tokens / n_epoch_tokens, 4), tokens=c.tokens, wall=round(c.wall, 1)
+        t.info,
+        step=c.step,
+        epochs=round(c.tokens / t.epoch_tokens, 4),
+        tokens=c.tokens,
+        wall=round(c.wall, 1),
     )
     if v is not None:
         facts.update(
             dev_loss=round(v.loss, 4), dev_ppl=round(v.ppl, 2), dev_bleu=v.bleu, bleu_signature=v.signature
         )
-        record_validation(run.out_dir, c, v, improved, c.wall, quiet)
+        record_validation(run.out_dir, c, v, improved, c.wall, t.quiet)
     save_run(
-        run.out_dir, model, optimizer, run.subword, c, facts, improved, run.train_cfg, info["world_size"]
+        run.out_dir,
+        t.model,
+        t.optimizer,
+        run.subword,
+        c,
+        facts,
+        improved,
+        run.train_cfg,
+        t.info["world_size"],
     )
