@@ -17,6 +17,7 @@ from nmt_cli import (
     cmd_sweep,
     cmd_train,
     cmd_translate,
+    distributed,
 )
 from nmt_cli.cli_base import reports_errors, write_stdout
 
@@ -77,6 +78,10 @@ def main() -> None:
     """Console entry point: a closed stdout (`| head`) ends quietly."""
     try:
         app()
+    except SystemExit as done:
+        if distributed.must_leave_at_once():  # a torchrun rank that used gloo (distributed.leave)
+            distributed.leave(done.code)
+        raise
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit; let that go nowhere

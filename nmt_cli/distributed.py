@@ -7,13 +7,15 @@ the device: nccl for CUDA, gloo otherwise. Without torchrun everything here is a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -62,7 +64,41 @@ def start(world: World, device: torch.device) -> World:
             torch.cuda.set_device(device)
         # ranks wait at most this long for rank 0's validation and saving
         dist.init_process_group(backend, timeout=timedelta(hours=2))
+    _joined.add(backend)
     return world._replace(backend=backend)
+
+
+# The backends this process has joined a process group of (see leave).
+_joined: set[str] = set()
+
+
+def must_leave_at_once() -> bool:
+    """Whether this process ends through leave() rather than the interpreter's shutdown."""
+    return "gloo" in _joined
+
+
+def leave(code: object) -> NoReturn:
+    """End the process with code (a SystemExit's), skipping the interpreter's shutdown, once stdout,
+    stderr and the log handlers are flushed.
+
+    Once DistributedDataParallel has used a gloo process group, the group outlives
+    destroy_process_group, and its worker threads release each collective's tensors after the caller
+    has its result. A thread still doing that when the interpreter shuts down needs the GIL and aborts
+    the process ("terminate called without an active exception"), and torchrun then fails a run that
+    had ended well. Nothing is left to do at that point: every file is written and closed.
+    """
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"), as the interpreter does it
+        print(code, file=sys.stderr)
+        status = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(BrokenPipeError, ValueError):  # a closed pipe or stream: nothing more to deliver
+            stream.flush()
+    os._exit(status)
 
 
 def stop(world: World) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from nmt_cli import distributed
 from nmt_cli.cli import app
 from nmt_cli.cmd_train import _without_nproc
 from nmt_cli.data import collate
@@ -171,3 +172,30 @@ def test_sigterm_stops_both_ranks_at_one_step_with_the_resume_state_saved(tmp_pa
     state = torch.load(out / "trainer_state.pt", weights_only=True)
     assert state["counters"]["step"] == steps[-1] == int(stdout.split("steps\t")[1].split()[0])
     assert "to continue, run the same command with --resume" in stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"),
+    [(None, 0, "done\n"), (3, 3, "done\n"), ("nmt: error: x", 1, "done\nnmt: error: x\n")],
+)
+def test_a_gloo_rank_leaves_with_its_exit_status_and_everything_it_wrote(code, status, stderr):
+    # leave() skips the interpreter's shutdown, which flushes the streams: through pipes (block-buffered)
+    # the lines would be lost unless it flushes them itself
+    script = (
+        "import logging, sys\n"
+        "from nmt_cli import distributed\n"
+        "logging.basicConfig(stream=sys.stderr, format='%(message)s')\n"
+        "print('model\\tm.nmt')\n"
+        "logging.getLogger('x').warning('done')\n"
+        f"distributed.leave({code!r})\n"
+        "print('not reached')\n"
+    )
+    buffered = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # as a pipe is by default
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=buffered, capture_output=True, text=True, cwd=ROOT
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (status, "model\tm.nmt\n", stderr)
+
+
+def test_only_a_process_that_joined_gloo_leaves_at_once():
+    assert not distributed.must_leave_at_once()  # this one: the interpreter's own shutdown
