@@ -10,7 +10,7 @@ from nmt_cli.checkpoint import read_info
 from nmt_cli.cli import app
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-STEPS = 500  # the toy preset reaches 90 BLEU well before this on data/ (BENCHMARKS.md, "plain model")
+STEPS = 500  # updates, not minutes: the outcome must not depend on the machine's speed
 
 runner = CliRunner()
 
