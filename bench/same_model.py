@@ -6,6 +6,10 @@ makes UPDATES updates with OpenNMT-py's own optimizer (Adam, clip 5, loss over s
 next LINES pairs, and saves all of it as plain tensors. `nmt` (this checkout's venv) copies those weights
 into nmt's base-rnn (embedding and output rows matched by piece), does the same with nmt's train_step and
 prints, per weight, how far apart the two are. Outside `make test`: it needs a bench/peers.sh run.
+
+bench/same_start.sh uses three more: `onmt-init` (OpenNMT-py's initial weights for a seed, as onmt_train
+draws them), `onmt-batches` (the corpus lines of its first N training batches, as its own run makes
+them) and `nmt-train` (`nmt train` started from those weights, on those batches, or both).
 """
 
 from __future__ import annotations
@@ -101,6 +105,37 @@ VOCAB_ROWS = {
 }
 
 
+def _rows(ref: dict, pieces: list[str]) -> dict[str, torch.Tensor]:
+    """Per side, OpenNMT-py's vocabulary row of each of nmt's pieces (-1 where it has none)."""
+    names = {v: k for k, v in SPECIALS.items()}
+    rows = {}
+    for side in ("src", "tgt"):
+        stoi = {p: i for i, p in enumerate(ref[f"itos.{side}"])}
+        rows[side] = torch.tensor([stoi.get(names.get(i, p), -1) for i, p in enumerate(pieces)])
+    return rows
+
+
+def _theirs(ref: dict, rows: dict[str, torch.Tensor], prefix: str, name: str) -> torch.Tensor:
+    """OpenNMT-py's tensor (prefix w. weights, g. gradients, a. after the updates) for nmt's parameter."""
+    other, transposed = NAMES[name]
+    w = ref[prefix + other]
+    w = w.t() if transposed else w
+    if name in VOCAB_ROWS:  # rows by piece; a piece OpenNMT-py never saw gets zeros, and as an output
+        r = rows[VOCAB_ROWS[name]]  # a bias that keeps it out of the softmax's sum
+        out = w.new_full((len(r), *w.shape[1:]), -1e4 if name == "generator.bias" and prefix != "g." else 0.0)
+        out[r >= 0] = w[r[r >= 0]]
+        return out
+    return w
+
+
+def _load(model: torch.nn.Module, ref: dict, rows: dict[str, torch.Tensor], prefix: str = "w.") -> None:
+    params = dict(model.named_parameters())
+    assert set(params) == set(NAMES), set(params) ^ set(NAMES)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(_theirs(ref, rows, prefix, name))
+
+
 def nmt_side(reference: str, model_file: str, src: str, tgt: str, lines: int) -> None:
     """model_file: any nmt base-rnn model of that run (for its config and SentencePiece model); src, tgt
     the raw dev text of the piece files the other side read."""
@@ -113,34 +148,16 @@ def nmt_side(reference: str, model_file: str, src: str, tgt: str, lines: int) ->
     ref = torch.load(reference, weights_only=True)
     loaded = load_model(model_file, mapped=False)
     model, sub = loaded.model, loaded.subword
-    pieces = sub.id_to_piece(range(sub.vocab_size))
-    ours_to_theirs = {}
-    for side in ("src", "tgt"):
-        stoi = {p: i for i, p in enumerate(ref[f"itos.{side}"])}
-        names = {v: k for k, v in SPECIALS.items()}
-        ours_to_theirs[side] = torch.tensor([stoi.get(names.get(i, p), -1) for i, p in enumerate(pieces)])
-    unmatched = int((ours_to_theirs["tgt"] < 0).sum())
+    rows = _rows(ref, sub.id_to_piece(range(sub.vocab_size)))
+    unmatched = int((rows["tgt"] < 0).sum())
 
     def theirs(prefix: str, name: str) -> torch.Tensor:
-        other, transposed = NAMES[name]
-        w = ref[prefix + other]
-        w = w.t() if transposed else w
-        if name in VOCAB_ROWS:  # rows by piece; a piece OpenNMT-py never saw gets zeros, and as an output
-            rows = ours_to_theirs[VOCAB_ROWS[name]]  # a bias that keeps it out of the softmax's sum
-            out = w.new_full(
-                (len(rows), *w.shape[1:]), -1e4 if name == "generator.bias" and prefix != "g." else 0.0
-            )
-            out[rows >= 0] = w[rows[rows >= 0]]
-            return out
-        return w
+        return _theirs(ref, rows, prefix, name)
 
     params = dict(model.named_parameters())
-    assert set(params) == set(NAMES), set(params) ^ set(NAMES)
 
     def load(prefix: str) -> None:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(theirs(prefix, name))
+        _load(model, ref, rows, prefix)
 
     def batch(start: int):  # noqa: ANN202
         pairs = zip(_lines(src, start, lines), _lines(tgt, start, lines), strict=True)
@@ -177,9 +194,96 @@ def nmt_side(reference: str, model_file: str, src: str, tgt: str, lines: int) ->
         print(f"{name:32s} {moved:10.4f} {(p.detach() - after).norm() / moved:12.2e}")
 
 
+def onmt_init(checkpoint: str, seed: int, out: str) -> None:
+    """OpenNMT-py's initial weights for seed, drawn as onmt_train does (set_random_seed, build_model), saved
+    in checkpoint form (with checkpoint's vocabulary and options) for onmt_side."""
+    from onmt.inputters.inputter import dict_to_vocabs
+    from onmt.model_builder import build_model
+    from onmt.utils.misc import set_random_seed
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    opt = ckpt["opt"]
+    opt.update_vocab = False
+    set_random_seed(seed, False)
+    state = build_model(opt, opt, dict_to_vocabs(ckpt["vocab"]), None, -1).state_dict()
+    model = {k: v for k, v in state.items() if not k.startswith("generator.")}
+    generator = {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")}
+    torch.save({"model": model, "generator": generator, "vocab": ckpt["vocab"], "opt": opt}, out)
+
+
+def onmt_batches(config: str, count: int, out: str) -> None:
+    """The 1-based corpus lines of the first count training batches of `onmt_train -config config`: its
+    own iterator, seeded as it seeds it, with the updates themselves left out."""
+    import json
+
+    import onmt.trainer
+    from onmt.bin.train import main
+
+    batches: list[list[int]] = []
+
+    def record(self, true_batches, *_: object) -> None:  # noqa: ANN001 - Trainer._gradient_accumulation
+        batches.extend([int(i) + 1 for i in b["cid_line_number"]] for b in true_batches)
+        if len(batches) >= count:
+            Path(out).write_text(json.dumps(batches[:count]))
+            raise SystemExit(0)
+
+    onmt.trainer.Trainer._gradient_accumulation = record
+    sys.argv = ["onmt_train", "-config", config, "-train_steps", str(10 * count), "-valid_steps", "100000000"]
+    sys.argv += ["-report_every", "100000000", "-save_checkpoint_steps", "100000000", "-num_workers", "0"]
+    main()
+
+
+def nmt_train(weights: str, batches: str, argv: list[str]) -> None:
+    """`nmt train ARGV`, its model starting from weights (an onmt_side output of onmt-init's file; "-": nmt's
+    own draw) and its first epoch being batches (an onmt-batches file; "-": nmt's own)."""
+    import json
+
+    import numpy as np
+
+    from nmt_cli import train
+    from nmt_cli.cli import main
+
+    if weights != "-":
+        ref = torch.load(weights, weights_only=True)
+        build = train.build_model
+
+        def build_model(cfg):  # noqa: ANN001, ANN202 - as train.build_model, then OpenNMT-py's weights
+            model = build(cfg)
+            _load(model, ref, _rows(ref, pieces))
+            return model
+
+        train.build_model = build_model
+    if batches != "-":
+        lines = json.loads(Path(batches).read_text())
+        own = train.token_batches
+
+        def token_batches(examples, *args: object, **kwargs: object):  # noqa: ANN001, ANN202
+            if args[2] if len(args) > 2 else kwargs.get("epoch", 0):  # after the first epoch: nmt's own
+                return own(examples, *args, **kwargs)
+            index = {examples[i].line: i for i in range(len(examples))}
+            return [np.array([index[line] for line in b], dtype=np.int64) for b in lines]
+
+        train.token_batches = token_batches
+    from nmt_cli.subword import Subword
+
+    data = Path(
+        argv[argv.index("--data") + 1]
+    )  # a prepared directory: its SentencePiece model names the rows
+    sub = Subword.from_bytes((data / "spm.model").read_bytes())
+    pieces = sub.id_to_piece(range(sub.vocab_size))
+    sys.argv = ["nmt", "train", *argv]
+    main()
+
+
 if __name__ == "__main__":
     side, *args = sys.argv[1:]
     if side == "onmt":
         onmt_side(args[0], args[1], args[2], args[3], int(args[4]), int(args[5]))
+    elif side == "onmt-init":
+        onmt_init(args[0], int(args[1]), args[2])
+    elif side == "onmt-batches":
+        onmt_batches(args[0], int(args[1]), args[2])
+    elif side == "nmt-train":
+        nmt_train(args[0], args[1], args[2:])
     else:
         nmt_side(args[0], args[1], args[2], args[3], int(args[4]))
