@@ -5,15 +5,15 @@
 #
 #   bench/same_start.sh RUN OUT [STEPS] [RUNS]   e.g. bench/same_start.sh runs/peers-15 runs/same-start 300
 #
-# RUN: a bench/peers.sh output directory; RUNS: any of "init batches both" (default "batches both": init
-# is OpenNMT-py's weights on nmt's batches, batches nmt's own weights on OpenNMT-py's batches). Every run is
+# RUN: a bench/peers.sh output directory; RUNS: any of "init batches both", the default (init: OpenNMT-py's
+# weights on nmt's batches; batches: nmt's own weights on OpenNMT-py's batches). Every run is
 # `nmt train --preset base-rnn --seed 1234` on RUN's prepared corpus (bench/same_model.py nmt-train);
 # OpenNMT-py's batches replace nmt's first epoch only. Environment: NMT_DATA, ONMT_VENV as bench/peers.sh.
 set -euo pipefail
 RUN=$(realpath "${1:?a bench/peers.sh output directory}")
 OUT=$(realpath -m "${2:?an output directory}")
 STEPS=${3:-300}
-RUNS=${4:-batches both}
+RUNS=${4:-init batches both}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=$(realpath "${NMT_DATA:-$ROOT/../shared/data/multi30k}")
 ONMT_VENV=$(realpath -m "${ONMT_VENV:-$ROOT/runs/onmt-3.5.1}")
