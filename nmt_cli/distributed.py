@@ -54,6 +54,10 @@ def from_env() -> World:
     return World(rank, size, local)
 
 
+# The backends this process has joined a process group of (see leave).
+_joined: set[str] = set()
+
+
 def start(world: World, device: torch.device) -> World:
     """Join the process group torchrun set up (a no-op for one process); -> world with its backend."""
     if not world.distributed:
@@ -66,10 +70,6 @@ def start(world: World, device: torch.device) -> World:
         dist.init_process_group(backend, timeout=timedelta(hours=2))
     _joined.add(backend)
     return world._replace(backend=backend)
-
-
-# The backends this process has joined a process group of (see leave).
-_joined: set[str] = set()
 
 
 def must_leave_at_once() -> bool:
