@@ -7,13 +7,15 @@ next LINES pairs, and saves all of it as plain tensors. `nmt` (this checkout's v
 into nmt's base-rnn (embedding and output rows matched by piece), does the same with nmt's train_step and
 prints, per weight, how far apart the two are. Outside `make test`: it needs a bench/peers.sh run.
 
-bench/same_start.sh uses three more: `onmt-init` (OpenNMT-py's initial weights for a seed, as onmt_train
+bench/same_start.sh uses four more: `onmt-init` (OpenNMT-py's initial weights for a seed, as onmt_train
 draws them), `onmt-batches` (the corpus lines of its first N training batches, as its own run makes
-them) and `nmt-train` (`nmt train` started from those weights, on those batches, or both).
+them), `onmt-perplexity` (a checkpoint's perplexity on piece files, by forced decoding) and `nmt-train`
+(`nmt train` started from those weights, on those batches, or both).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -29,32 +31,43 @@ def _lines(path: str, start: int, count: int) -> list[str]:
 # --- OpenNMT-py's side ------------------------------------------------------------------------------------
 
 
-def onmt_side(checkpoint: str, src: str, tgt: str, out: str, lines: int, updates: int) -> None:
-    """src, tgt: piece files, as bench/peers.sh writes them for OpenNMT-py."""
+def _onmt_model(checkpoint: str):  # noqa: ANN202 - OpenNMT-py's types
+    """-> the checkpoint, its vocabularies and its model, in eval mode (dropout off; autograd stays on)."""
     from onmt.inputters.inputter import dict_to_vocabs
     from onmt.model_builder import build_base_model
-    from onmt.utils.optimizers import Optimizer
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # its own pickled format
     vocabs = dict_to_vocabs(ckpt["vocab"])
     model = build_base_model(ckpt["opt"], vocabs)
     model.load_state_dict({"model": dict(ckpt["model"]), "generator": dict(ckpt["generator"])})
-    model.eval()  # dropout off; autograd stays on
-    saved = {"w." + n: p.detach().clone() for n, p in model.named_parameters()}
+    return ckpt, vocabs, model.eval()
+
+
+def _onmt_loss(model, vocabs, src: str, tgt: str, start: int, lines: int) -> tuple[torch.Tensor, int]:  # noqa: ANN001
+    """Summed token cross-entropy (EOS included) of lines start.. of the piece files, and the token count."""
     pad = vocabs["tgt"]["<blank>"]
+    srcs = [vocabs["src"](line.split()) for line in _lines(src, start, lines)]
+    tgts = [vocabs["tgt"](["<s>", *line.split(), "</s>"]) for line in _lines(tgt, start, lines)]
+    s = torch.full((len(srcs), max(map(len, srcs)), 1), vocabs["src"]["<blank>"])
+    t = torch.full((len(tgts), max(map(len, tgts)), 1), pad)
+    for i, (a, b) in enumerate(zip(srcs, tgts, strict=True)):
+        s[i, : len(a), 0], t[i, : len(b), 0] = torch.tensor(a), torch.tensor(b)
+    dec_out, _ = model(s, t, torch.tensor([len(a) for a in srcs]))
+    logits = model.generator(dec_out).flatten(0, 1)
+    gold = t[:, 1:, 0].flatten()
+    loss = torch.nn.functional.cross_entropy(logits, gold, ignore_index=pad, reduction="sum")
+    return loss, int((gold != pad).sum())
+
+
+def onmt_side(checkpoint: str, src: str, tgt: str, out: str, lines: int, updates: int) -> None:
+    """src, tgt: piece files, as bench/peers.sh writes them for OpenNMT-py."""
+    from onmt.utils.optimizers import Optimizer
+
+    ckpt, vocabs, model = _onmt_model(checkpoint)
+    saved = {"w." + n: p.detach().clone() for n, p in model.named_parameters()}
 
     def loss_of(start: int) -> torch.Tensor:
-        srcs = [vocabs["src"](line.split()) for line in _lines(src, start, lines)]
-        tgts = [vocabs["tgt"](["<s>", *line.split(), "</s>"]) for line in _lines(tgt, start, lines)]
-        s = torch.full((len(srcs), max(map(len, srcs)), 1), vocabs["src"]["<blank>"])
-        t = torch.full((len(tgts), max(map(len, tgts)), 1), pad)
-        for i, (a, b) in enumerate(zip(srcs, tgts, strict=True)):
-            s[i, : len(a), 0], t[i, : len(b), 0] = torch.tensor(a), torch.tensor(b)
-        dec_out, _ = model(s, t, torch.tensor([len(a) for a in srcs]))
-        logits = model.generator(dec_out).flatten(0, 1)
-        return torch.nn.functional.cross_entropy(
-            logits, t[:, 1:, 0].flatten(), ignore_index=pad, reduction="sum"
-        )
+        return _onmt_loss(model, vocabs, src, tgt, start, lines)[0]
 
     loss = loss_of(0)
     loss.backward()
@@ -194,6 +207,18 @@ def nmt_side(reference: str, model_file: str, src: str, tgt: str, lines: int) ->
         print(f"{name:32s} {moved:10.4f} {(p.detach() - after).norm() / moved:12.2e}")
 
 
+@torch.no_grad()
+def onmt_perplexity(checkpoint: str, src: str, tgt: str) -> None:
+    """Prints the perplexity of a checkpoint on whole piece files: forced decoding, 100 lines at a time, as
+    `nmt score` measures nmt's models."""
+    _, vocabs, model = _onmt_model(checkpoint)
+    total, tokens, count = 0.0, 0, len(_lines(src, 0, 10**9))
+    for start in range(0, count, 100):
+        loss, n = _onmt_loss(model, vocabs, src, tgt, start, 100)
+        total, tokens = total + loss.item(), tokens + n
+    print(f"{math.exp(total / tokens):.2f}")
+
+
 def onmt_init(checkpoint: str, seed: int, out: str) -> None:
     """OpenNMT-py's initial weights for seed, drawn as onmt_train does (set_random_seed, build_model), saved
     in checkpoint form (with checkpoint's vocabulary and options) for onmt_side."""
@@ -257,9 +282,9 @@ def nmt_train(weights: str, batches: str, argv: list[str]) -> None:
         lines = json.loads(Path(batches).read_text())
         own = train.token_batches
 
-        def token_batches(examples, *args: object, **kwargs: object):  # noqa: ANN001, ANN202
-            if args[2] if len(args) > 2 else kwargs.get("epoch", 0):  # after the first epoch: nmt's own
-                return own(examples, *args, **kwargs)
+        def token_batches(examples, batch_tokens, seed, epoch, *rest):  # noqa: ANN001, ANN202 - as train's
+            if epoch:  # after the first epoch: nmt's own
+                return own(examples, batch_tokens, seed, epoch, *rest)
             index = {examples[i].line: i for i in range(len(examples))}
             return [np.array([index[line] for line in b], dtype=np.int64) for b in lines]
 
@@ -279,6 +304,8 @@ if __name__ == "__main__":
     side, *args = sys.argv[1:]
     if side == "onmt":
         onmt_side(args[0], args[1], args[2], args[3], int(args[4]), int(args[5]))
+    elif side == "onmt-perplexity":
+        onmt_perplexity(args[0], args[1], args[2])
     elif side == "onmt-init":
         onmt_init(args[0], int(args[1]), args[2])
     elif side == "onmt-batches":

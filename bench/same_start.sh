@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where does OpenNMT-py's early per-update lead come from? nmt's base-rnn trained for STEPS updates from
 # OpenNMT-py's initial weights (seed 1234, as onmt_train draws them), on OpenNMT-py's own first batches,
-# or both; each run's test perplexity (forced decoding) and greedy BLEU at 100, 200 and STEPS updates.
+# or both; each run's test perplexity (forced decoding) and greedy BLEU at 100, 200 and STEPS updates, and
+# the test perplexity of OpenNMT-py's own run in RUN at the same updates.
 #
 #   bench/same_start.sh RUN OUT [STEPS] [RUNS]   e.g. bench/same_start.sh runs/peers-15 runs/same-start 300
 #
@@ -29,6 +30,12 @@ sed -e "s#^save_model: .*#save_model: $OUT/onmt/model#" -e "s#^log_file: .*#log_
     "$RUN/onmt/base-rnn.yaml" > "$OUT/onmt.yaml"
 mkdir -p "$OUT/onmt"
 "${OPY[@]}" onmt-batches "$OUT/onmt.yaml" "$((STEPS + 30))" "$OUT/onmt-batches.json" > "$OUT/onmt/batches.out" 2>&1
+for step in 100 200 "$STEPS"; do  # OpenNMT-py's own run, where RUN kept the checkpoint
+    ckpt="$RUN/onmt/run/model_step_$step.pt"
+    [ -f "$ckpt" ] || continue
+    ppl=$("${OPY[@]}" onmt-perplexity "$ckpt" "$RUN/onmt/data/test_2016_flickr.de" "$RUN/onmt/data/test_2016_flickr.en")
+    echo "OpenNMT-py's run step $step: test perplexity $ppl"
+done
 for run in $RUNS; do
     weights=-; batches=-
     [ "$run" != batches ] && weights="$OUT/onmt-init.tensors"
