@@ -9,6 +9,8 @@ them to that. What each does, and why (figures in docs/performance.md):
 - cell, model: the decoder LSTM (and the encoder's larger ones) stepped by hand in training, with weight
   gradients summed over all steps in a few large products instead of one small one per step; decoding
   steps over packed weights.
+- compiled: training's LSTM cell (the pointwise part of each step, forward and backward) compiled by
+  torch.compile into one loop each; `NMT_COMPILE=0` keeps it eager.
 - layers: dropout with a vectorised byte mask; tanh through sigmoid when decoding; attention whose
   per-step products defer their gradients.
 - loss: the output layer's loss and backward written out, chunk by chunk, with one buffer per chunk.
@@ -74,6 +76,14 @@ def kernels(model: Seq2Seq) -> str:
     from nmt_cli.cpu.model import CpuSeq2Seq
 
     return "cpu" if isinstance(model, CpuSeq2Seq) else "plain"
+
+
+def lstm_cell() -> str:
+    """How training's hand-stepped LSTM cell ran in this process: "torch.compile", "eager (why)", or "not
+    used"."""
+    from nmt_cli.cpu import compiled
+
+    return compiled.describe()
 
 
 _hooked = False

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nmt_cli.cpu import gemm
+from nmt_cli.cpu import compiled, gemm
 from nmt_cli.cpu.layers import tanh
 
 
@@ -117,31 +117,18 @@ class _GatesToState(torch.autograd.Function):
 
     Autograd would record nine nodes per step and keep their inputs; this keeps the four activated
     gates and c' (the next step keeps it too, so it costs nothing there), recomputes tanh(c') in
-    backward, and writes the gate gradient in one buffer.
+    backward, and writes the gate gradient in one buffer (compiled.py: both directions one loop each).
     """
 
     @staticmethod
     def forward(ctx: Any, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        H = c.size(1)
-        act = torch.sigmoid(gates)
-        act[:, 2 * H : 3 * H].copy_(torch.tanh(gates[:, 2 * H : 3 * H]))
-        i, f, g, o = act.chunk(4, dim=1)
-        c_new = torch.addcmul(f * c, i, g)
+        h, c_new, act = compiled.lstm_pointwise(gates, c)
         ctx.save_for_backward(act, c, c_new)
-        return o * torch.tanh(c_new), c_new
+        return h, c_new
 
     @staticmethod
     def backward(ctx: Any, grad_h: Tensor, grad_c: Tensor) -> tuple[Tensor, Tensor]:
-        act, c, c_new = ctx.saved_tensors
-        tanh_c = torch.tanh(c_new)
-        i, f, g, o = act.chunk(4, dim=1)
-        grad_c = torch.addcmul(grad_c, grad_h * o, 1 - tanh_c * tanh_c)
-        d_act = torch.cat([grad_c * g, grad_c * c, grad_c * i, grad_h * tanh_c], dim=1)
-        # sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - t^2 for g
-        slope = act * (1 - act)
-        H = c.size(1)
-        slope[:, 2 * H : 3 * H] = 1 - g * g
-        return d_act * slope, grad_c * f
+        return compiled.lstm_pointwise_backward(grad_h, grad_c, *ctx.saved_tensors)
 
 
 def gates_to_state(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
