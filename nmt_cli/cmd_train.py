@@ -472,6 +472,7 @@ def bench_train(
         f"peak RSS\t{r.peak_rss_mb:.0f} MB\nthreads\t{r.threads}\n"
         f"device\t{r.device}  ({r.precision})\nkernels\t{r.kernels}"
         f"  ({'NMT_PLAIN=1 runs the plain model' if r.kernels == 'cpu' else 'the plain model'})\n"
+        f"LSTM cell\t{r.lstm_cell}\n"
     )
     if r.costs:
         _cost_table(r.costs)

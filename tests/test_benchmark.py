@@ -81,17 +81,23 @@ def test_cost_centres_count_each_ops_own_time_once_in_its_bucket():
         linear,
         FakeEvent("aten::addmm", 300, linear),
         FakeEvent("aten::mkldnn_rnn_layer", 100),
-        FakeEvent("aten::tanh", 40),  # elementwise 40
+        FakeEvent("aten::tanh", 40),  # elementwise 40 + 25
+        FakeEvent("TorchDynamo Cache Lookup", 4),  # dynamo's own: other
+        FakeEvent("## Call CompiledFxGraph f5k2hash ##", 25),  # a compiled loop
     ]
     costs = cost_centres(events, wall_us=1000, updates=2)
     assert [c.name for c in costs] == list(BUCKETS)
     spent = {c.name: c.ms_per_update * 2 * 1000 for c in costs}  # back to µs over both updates
-    expected = {"products": 605, "elementwise": 40, "optimizer": 130, "data": 110, "other": 115}
+    expected = {"products": 605, "elementwise": 65, "optimizer": 130, "data": 110, "other": 90}
     assert spent == pytest.approx(expected)
     assert sum(c.share for c in costs) == pytest.approx(1.0)
     assert costs[0].largest == (
         ("aten::addmm", pytest.approx(300 / 605)),
         ("aten::mm", pytest.approx(200 / 605)),
+    )
+    assert costs[1].largest == (
+        ("aten::tanh", pytest.approx(40 / 65)),
+        ("torch.compile's loops", pytest.approx(25 / 65)),
     )
 
 
