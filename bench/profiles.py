@@ -30,6 +30,8 @@
                                                    shortlist cut, and ms per product at 1-320 rows
     python bench/profiles.py tanh                    us of torch.tanh against tanh through sigmoid (what
                                                    decoding runs), and their largest errors
+    python bench/profiles.py compiled-cell           us of training's LSTM cell, forward and backward, eager
+                                                   and torch.compile'd, at base-rnn's rows (compiled.py)
     python bench/profiles.py int8-error MODEL        max relative error of the output layer at 64 rows:
                                                    our int8 against torch.ao's, both against fp32
 
@@ -391,6 +393,31 @@ def tanh_rates(args: argparse.Namespace) -> None:
             print(f"{name}: max error {(got.double() - exact).abs().max().item():.2e}")
 
 
+def compiled_cell(args: argparse.Namespace) -> None:
+    """us per call of the LSTM cell's pointwise forward and backward, eager and compiled (one variant, as
+    training calls it), at the rows of base-rnn's batches."""
+    from nmt_cli.cpu import compiled
+
+    cells = {
+        "forward": compiled.Compiled("forward", compiled._lstm_pointwise, compiled.lstm_pointwise_eager),
+        "backward": compiled.Compiled(
+            "backward", compiled._lstm_pointwise_backward, compiled.lstm_pointwise_backward_eager
+        ),
+    }
+    H = 512
+    for rows in (120, 187, 333):
+        gates, c, grad_h, grad_c = torch.randn(rows, 4 * H), torch.randn(rows, H), *torch.randn(2, rows, H)
+        h, c_new, act = compiled.lstm_pointwise_eager(gates, c)
+        inputs = {"forward": (gates, c), "backward": (grad_h, grad_c, act, c, c_new)}
+        for name, cell in cells.items():
+            args_ = inputs[name]
+            cell(*args_)  # compiles
+            eager = 1e3 * _ms(lambda cell=cell, args_=args_: cell.eager(*args_), 500)
+            fast = 1e3 * _ms(lambda cell=cell, args_=args_: cell(*args_), 500)
+            ran = cell.call.__name__
+            print(f"{rows} x {H} {name:8s}: eager {eager:6.1f} us, compiled {fast:6.1f} us ({ran})")
+
+
 def int8_error(args: argparse.Namespace) -> None:
     import warnings
 
@@ -517,6 +544,7 @@ def main() -> None:
         "gemm",
         "encoder-lstm",
         "tanh",
+        "compiled-cell",
     ]
     parser.add_argument("what", choices=[*choices, "int8-pack", "int8-error"])
     parser.add_argument("model", nargs="?", help="a model.nmt file (decode..., int8-error)")
@@ -543,6 +571,7 @@ def main() -> None:
         gemm=gemm_rates,
         encoder_lstm=encoder_lstm,
         tanh=tanh_rates,
+        compiled_cell=compiled_cell,
     )[args.what.replace("-", "_")](args)
 
 

@@ -60,6 +60,7 @@ def lstm_pointwise_backward_eager(
 
 
 def _lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_pointwise_eager as torch.compile is given it: no in-place writes, tanh through sigmoid."""
     i, f, g, o = gates.chunk(4, dim=1)
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), _tanh(g), torch.sigmoid(o)
     c_new = f * c + i * g
@@ -69,6 +70,7 @@ def _lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _lstm_pointwise_backward(
     grad_h: Tensor, grad_c: Tensor, act: Tensor, c: Tensor, c_new: Tensor
 ) -> tuple[Tensor, Tensor]:
+    """lstm_pointwise_backward_eager as torch.compile is given it."""
     i, f, g, o = act.chunk(4, dim=1)
     tanh_c = _tanh(c_new)
     grad_c = grad_c + grad_h * o * (1 - tanh_c * tanh_c)
